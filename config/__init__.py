@@ -1,0 +1,1 @@
+"""Bundled data, installed as the package `exporter.bundled` (see pyproject.toml)."""

@@ -1,0 +1,153 @@
+"""The `carbonmeter` command: serve, probes, config check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from exporter import __version__
+from exporter.config import Config, ConfigError
+
+log = logging.getLogger("carbonmeter")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(args: argparse.Namespace, **cli: object) -> Config:
+    from exporter import config
+
+    return config.load(args.config, overrides={k: v for k, v in cli.items() if v is not None})
+
+
+def serve(args: argparse.Namespace) -> int:
+    from exporter import carbon
+    from exporter.config import parse_listen
+    from exporter.discovery import discover
+    from exporter.sampler import Sampler
+    from exporter.sinks.prometheus import Renderer, make_server
+
+    cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval})
+    _setup_logging(cfg.log.level)
+    intensity = carbon.resolve(cfg.carbon)
+    host, port = parse_listen(cfg.server.listen)
+    probes, reports = discover(cfg)
+    for r in reports:
+        if r.available:
+            log.info("probe %s: %s%s", r.name, ", ".join(r.devices),
+                     f" ({r.reason})" if r.reason else "")
+        else:
+            log.info("probe %s not used: %s", r.name, r.reason)
+    now = intensity.current()
+    if now.provider == "default":
+        log.warning("no carbon.region configured: using the world average of %g gCO2eq/kWh "
+                    "(%s); set carbon.region (for example FR) for your grid", now.g_per_kwh,
+                    now.source)
+    else:
+        log.info("carbon intensity %g gCO2eq/kWh for %s (%s)", now.g_per_kwh, now.region,
+                 now.source)
+    sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
+                      interval=cfg.sampler.interval_seconds)
+    try:
+        server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive)
+    except OSError as e:
+        log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
+        sampler.stop()
+        return 1
+    sampler.start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    log.info("serving http://%s:%d/metrics every %gs", host, server.server_address[1],
+             cfg.sampler.interval_seconds)
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    sampler.stop()
+    log.info("stopped")
+    return 0
+
+
+def probes(args: argparse.Namespace) -> int:
+    from exporter import carbon
+    from exporter.discovery import discover
+
+    cfg = _load(args)
+    _setup_logging("error")
+    found, reports = discover(cfg)
+    width = max(len(r.name) for r in reports)
+    for r in reports:
+        state = "available" if r.available else "not used"
+        print(f"{r.name:<{width}}  {state}")
+        for d in r.devices:
+            print(f"{'':<{width}}    {d}")
+        if r.reason:
+            print(f"{'':<{width}}    {r.reason}")
+    for p in found:
+        p.close()
+    i = carbon.resolve(cfg.carbon).current()
+    where = ("no carbon.region set: world average" if i.provider == "default"
+             else f"region {i.region}")
+    print(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
+          f"PUE {cfg.carbon.pue:g}")
+    return 0
+
+
+def config_check(args: argparse.Namespace) -> int:
+    from exporter import carbon, config
+
+    cfg = config.load(args.file)
+    carbon.resolve(cfg.carbon)  # an unknown region is a configuration error too
+    sys.stdout.write(f"# {args.file}: valid; the effective configuration:\n")
+    sys.stdout.write(config.dump(cfg))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="carbonmeter", description="Measure the energy computers spend and the CO2eq "
+        "it emits; export it to Prometheus.")
+    p.add_argument("--version", action="version", version=f"carbonmeter {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the exporter")
+    s.add_argument("--config", metavar="FILE", help="YAML configuration (default: built in)")
+    s.add_argument("--listen", metavar="HOST:PORT", help="listen address (default 0.0.0.0:29100)")
+    s.add_argument("--interval", metavar="SECONDS", type=float,
+                   help="sampling interval, 0.1 and up (default 15)")
+    s.set_defaults(func=serve)
+
+    s = sub.add_parser("probes", help="show what each probe found on this machine")
+    s.add_argument("--config", metavar="FILE")
+    s.set_defaults(func=probes)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    s = csub.add_parser("check", help="validate FILE and print the effective configuration")
+    s.add_argument("file", metavar="FILE")
+    s.set_defaults(func=config_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"carbonmeter: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

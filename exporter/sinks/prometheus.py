@@ -1,0 +1,198 @@
+"""Prometheus exposition: a collector over the latest snapshot, and the HTTP endpoint.
+
+The collector lives on its own CollectorRegistry (no process/platform collectors
+sneak in). Rendering happens at most once per snapshot and format: concurrent
+scrapes of the same sample share the bytes, gzip included.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import platform
+import threading
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+DEVICE_LABELS = ("device", "kind", "source")
+
+
+class SnapshotCollector:
+    """Builds fresh metric families from whatever snapshot `latest()` returns."""
+
+    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+        self.latest = latest
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the snapshot; nothing to pre-register
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.latest()
+        energy = CounterMetricFamily(
+            "carbonmeter_energy_joules", "Energy spent by a device since the exporter started "
+            "measuring it.", labels=DEVICE_LABELS, unit="joules")
+        power = GaugeMetricFamily(
+            "carbonmeter_power_watts", "Mean power of a device over the last sampling interval.",
+            labels=DEVICE_LABELS, unit="watts")
+        emissions = CounterMetricFamily(
+            "carbonmeter_emissions_grams", "CO2-equivalent emitted for a device's energy, "
+            "PUE applied, at the intensity of each interval.", labels=DEVICE_LABELS, unit="grams")
+        for d in s.devices:
+            labels = (d.device.id, d.device.kind, d.device.source)
+            energy.add_metric(labels, d.energy_j)
+            emissions.add_metric(labels, d.emissions_g)
+            if d.power_w is not None:
+                power.add_metric(labels, d.power_w)
+        yield from (energy, power, emissions)
+        yield CounterMetricFamily(
+            "carbonmeter_host_energy_joules", "Energy of all measured devices together; "
+            "devices never overlap, so this is their sum.", s.host_energy_j, unit="joules")
+        if s.host_power_w is not None:
+            yield GaugeMetricFamily("carbonmeter_host_power_watts", "Mean power of all devices "
+                                    "over the last interval.", s.host_power_w, unit="watts")
+        yield CounterMetricFamily(
+            "carbonmeter_host_emissions_grams", "CO2-equivalent of the host's energy, PUE "
+            "applied.", s.host_emissions_g, unit="grams")
+        intensity = GaugeMetricFamily(
+            "carbonmeter_carbon_intensity_grams_per_kilowatt_hour", "Carbon intensity of the "
+            "grid in use, gCO2eq/kWh.", labels=("region", "provider"))
+        intensity.add_metric((s.intensity.region, s.intensity.provider), s.intensity.g_per_kwh)
+        yield intensity
+        yield GaugeMetricFamily("carbonmeter_pue_ratio", "Power usage effectiveness applied "
+                                "to emissions.", s.pue)
+        up = GaugeMetricFamily("carbonmeter_probe_up", "1 when the probe's last read "
+                               "succeeded.", labels=("probe",))
+        errors = CounterMetricFamily("carbonmeter_probe_errors", "Failed reads, per probe.",
+                                     labels=("probe",))
+        for p in s.probes:
+            up.add_metric((p.name,), 1.0 if p.up else 0.0)
+            errors.add_metric((p.name,), p.errors_total)
+        yield from (up, errors)
+        info = InfoMetricFamily("carbonmeter_build", "carbonmeter version.")
+        info.add_metric((), {"version": __version__,
+                             "python_version": platform.python_version()})
+        yield info
+
+
+class Renderer:
+    """Exposition bytes for one snapshot, cached per (snapshot, format, gzip)."""
+
+    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+        self.latest = latest
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(self._pinned))
+        self._pin: Snapshot | None = None
+        self._cache: dict[tuple[int, str, bool], bytes] = {}
+        self._lock = threading.Lock()
+
+    def _pinned(self) -> Snapshot:
+        return self._pin if self._pin is not None else self.latest()
+
+    def render(self, accept: str | None, gzip_ok: bool) -> tuple[bytes, str]:
+        snap = self.latest()
+        encoder, content_type = choose_encoder(accept or "")
+        key = (snap.seq, content_type, gzip_ok)
+        body = self._cache.get(key)
+        if body is not None:
+            return body, content_type
+        with self._lock:  # one renderer at a time; the others find its result
+            body = self._cache.get(key)
+            if body is None:
+                plain_key = (snap.seq, content_type, False)
+                plain = self._cache.get(plain_key)
+                if plain is None:
+                    self._pin = snap
+                    try:
+                        plain = encoder(self.registry)
+                    finally:
+                        self._pin = None
+                body = gzip.compress(plain, compresslevel=6, mtime=0) if gzip_ok else plain
+                self._cache = {k: v for k, v in self._cache.items() if k[0] == snap.seq}
+                self._cache[plain_key] = plain
+                self._cache[key] = body
+        return body, content_type
+
+
+LANDING = """<!doctype html><html><head><meta charset="utf-8"><title>carbonmeter</title></head>
+<body><h1>carbonmeter {version}</h1>
+<p>Energy and CO<sub>2</sub>eq of this host, for Prometheus.</p>
+<ul><li><a href="/metrics">/metrics</a> &mdash; Prometheus and OpenMetrics exposition</li>
+<li><a href="/healthz">/healthz</a> &mdash; 200 while sampling, 503 when stalled</li></ul>
+</body></html>
+"""
+
+
+def make_server(host: str, port: int, renderer: Renderer,
+                alive: Callable[[], bool]) -> ThreadingHTTPServer:
+    """An HTTP server for /metrics, /healthz and /; call serve_forever() on it."""
+    landing = LANDING.format(version=__version__).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"carbonmeter/{__version__}"
+        sys_version = ""
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self._respond(send_body=True)
+
+        def do_HEAD(self) -> None:
+            self._respond(send_body=False)
+
+        def _respond(self, *, send_body: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            headers: dict[str, str] = {}
+            try:
+                if path == "/metrics":
+                    gz = "gzip" in (self.headers.get("Accept-Encoding") or "")
+                    body, ctype = renderer.render(self.headers.get("Accept"), gz)
+                    if gz:
+                        headers["Content-Encoding"] = "gzip"
+                    status = HTTPStatus.OK
+                elif path == "/healthz":
+                    ok = alive()
+                    status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+                    body, ctype = (b"ok\n" if ok else b"sampler stalled\n"), "text/plain"
+                elif path == "/":
+                    status, body, ctype = HTTPStatus.OK, landing, "text/html; charset=utf-8"
+                else:
+                    status, body, ctype = HTTPStatus.NOT_FOUND, b"not found\n", "text/plain"
+            except Exception:  # never a traceback to a client
+                log.exception("rendering %s", path)
+                status, body, ctype = (HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n",
+                                       "text/plain")
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("%s %s", self.address_string(), format % args)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    if ":" in host:
+        import socket
+
+        Server.address_family = socket.AF_INET6
+    return Server((host, port), Handler)

@@ -1,0 +1,1 @@
+"""Power sources. One module per source; `probes.base` is the shared interface."""

@@ -1,0 +1,82 @@
+"""The one interface every power source implements.
+
+A probe knows hardware and nothing else: it discovers devices once, then on each
+`read()` returns what the hardware says right now. It never integrates, never
+knows about carbon or exposition formats; the exporter does that, once, for all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+KINDS = ("cpu", "dram", "gpu", "ram", "platform")
+
+
+class ProbeUnavailable(Exception):
+    """The probe cannot run here. The message is one line a person can act on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One thing that draws power, as users see it in labels."""
+
+    id: str  # stable within a host: "package-0", "dram-1", "gpu-0"
+    kind: str  # one of KINDS
+    source: str  # the probe that measures it: "rapl", "nvml", "cpu_model", ...
+    name: str = ""  # human description: CPU or GPU model
+    estimated: bool = False  # True when the number comes from a model, not a sensor
+    # Counter sources: the value after which the counter restarts from zero, in µJ
+    # (the modulus of the counter). None for counters that never wrap and for
+    # power sources.
+    wrap_uj: float | None = None
+    # Power sources: True when power_w is the mean since the previous read (a load
+    # model over /proc/stat deltas), integrated as a rectangle; False when it is an
+    # instantaneous sample (NVML, hwmon), integrated as a trapezoid.
+    mean_power: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one device said at one instant: a raw energy counter or a power."""
+
+    device: Device
+    counter_uj: int | None = None  # raw, as the hardware counts (may wrap)
+    power_w: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRead:
+    """One pass over a probe's devices: what was read, and what went wrong."""
+
+    readings: list[Reading]
+    errors: list[str]  # one line a person can act on per failing device
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Filesystem roots, so every probe can be pointed at a fixture tree."""
+
+    sysfs: Path = Path("/sys")
+    procfs: Path = Path("/proc")
+
+
+class Probe(Protocol):
+    """A power source. Construction discovers devices or raises ProbeUnavailable."""
+
+    name: str
+
+    @property
+    def devices(self) -> tuple[Device, ...]: ...
+
+    @property
+    def covers(self) -> frozenset[str]:
+        """Device kinds this probe measures, so weaker sources for them stand down."""
+        ...
+
+    def read(self) -> ProbeRead:
+        """Read every device now. One failing device never hides the others."""
+        ...
+
+    def close(self) -> None: ...

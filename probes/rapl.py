@@ -1,0 +1,309 @@
+"""CPU package, DRAM and platform (psys) energy from Linux powercap sysfs (Intel and AMD RAPL).
+
+Zones are found in ``<sysfs>/class/powercap`` (links into ``devices/virtual/powercap``):
+``intel-rapl:N`` (package-N, psys, or on some machines a top-level dram), subzones
+``intel-rapl:N:M`` (core, uncore, dram) and the same registers seen through other interfaces
+(``intel-rapl-mmio:N``, ``intel-rapl-tpmi:N``). A probe reports raw counters; the exporter's
+accounting unwraps and integrates them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+
+log = logging.getLogger(__name__)
+
+# THE WRAP CONVENTION: on real hardware, energy_uj is a 32-bit hardware register
+# (MSR_PKG_ENERGY_STATUS etc.) multiplied by the energy unit (e.g. 61.035156 µJ on Intel:
+# 1/2^14 J) and floored to µJ; max_energy_range_uj is the value at the register's largest count,
+# floor((2^32-1) × unit). So one complete wrap is 2^32 units, i.e. one energy unit MORE than
+# max_energy_range_uj: wrap_uj = max_energy_range_uj × 2^32 / (2^32 − 1) (a float; e.g.
+# 262143328850 -> 262143328911.04 µJ, true 262143328911.36). Tools that add max_energy_range_uj
+# alone lose one unit (~61 µJ) per wrap. The exporter's accounting (not the probe) unwraps: if
+# raw < previous raw, delta = raw + wrap_uj − previous. The probe only reports raw counter_uj
+# (int) and wrap_uj.
+_REGISTER = 2**32
+
+_ZONE = re.compile(r"(intel-rapl(?:-[a-z]+)?):(\d+)(?::(\d+))?")  # "intel-rapl" alone: ignored
+_PACKAGE = re.compile(r"package-(\d+)(-die-\d+)?")
+_PRIMARY = "intel-rapl"  # the MSR interface; others duplicate it where both exist
+_GONE = (errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.ESTALE)
+
+
+def _open(path: Path) -> int:
+    """Every energy_uj is opened here, so tests can inject EACCES (they run as root)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _read_uj(fd: int) -> int:
+    """One syscall per read: sysfs renders the whole value at offset 0."""
+    return int(os.pread(fd, 32, 0))  # ValueError on b"" (a zone removed under an open fd)
+
+
+@dataclass(eq=False)
+class _Zone:
+    entry: str  # directory name under class/powercap: "intel-rapl:0:1"
+    ctype: str  # control type: "intel-rapl", "intel-rapl-mmio", ...
+    index: tuple[int, ...]
+    name: str  # content of its name file: "package-0", "dram", "psys", ...
+    dir: Path
+    max_range_uj: int
+    parent: _Zone | None = None
+    device: Device | None = None
+    fd: int | None = None
+
+    @property
+    def energy_path(self) -> Path:
+        return self.dir / "energy_uj"
+
+
+class RaplProbe:
+    """Packages and DRAM, or psys alone: never a zone together with one it contains."""
+
+    name = "rapl"
+
+    def __init__(self, paths: Paths, *, psys: bool = False) -> None:
+        self._base = Path(paths.sysfs) / "class" / "powercap"
+        zones = _dedupe(self._scan())
+        chosen = self._choose(zones, psys)
+        if not chosen:
+            raise ProbeUnavailable(self._unavailable(zones))
+        self._zones = self._open_all(chosen)
+        model = _cpu_model(Path(paths.procfs))
+        top_drams = [z for z in self._zones if z.name == "dram" and z.parent is None]
+        for z in self._zones:
+            z.device = _device(z, model, top_drams)
+        self._devices = tuple(z.device for z in self._zones if z.device)
+        kinds = {d.kind for d in self._devices}
+        self._covers = frozenset({"cpu", "dram"} if kinds & {"dram", "platform"} else {"cpu"})
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return self._devices
+
+    @property
+    def covers(self) -> frozenset[str]:
+        return self._covers
+
+    def read(self) -> ProbeRead:
+        readings: list[Reading] = []
+        errors: list[str] = []
+        for z in self._zones:
+            assert z.device is not None
+            try:
+                readings.append(Reading(z.device, counter_uj=self._read_zone(z)))
+            except (OSError, ValueError) as e:
+                errors.append(f"rapl {z.device.id}: cannot read {z.energy_path}: {_why(e)}")
+        return ProbeRead(readings, errors)
+
+    def close(self) -> None:
+        _close_all(self._zones)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _read_zone(self, z: _Zone) -> int:
+        """Reuse the open fd; on any failure reopen once, as the zone may have been
+        re-registered (driver reload, CPU hotplug) and the old fd is dead."""
+        if z.fd is not None:
+            try:
+                return _read_uj(z.fd)
+            except (OSError, ValueError):
+                os.close(z.fd)
+                z.fd = None
+        return self._open_zone(z)
+
+    @staticmethod
+    def _open_zone(z: _Zone) -> int:
+        z.fd = _open(z.energy_path)
+        return _read_uj(z.fd)
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    def _scan(self) -> list[_Zone]:
+        try:
+            entries = os.listdir(self._base)
+        except OSError:
+            entries = []
+        found: dict[str, _Zone] = {}
+        for entry in sorted(entries, key=_sort_key):
+            m = _ZONE.fullmatch(entry)
+            if not m:
+                continue
+            d = self._base / entry
+            try:
+                name = (d / "name").read_text().strip()
+                max_range = int((d / "max_energy_range_uj").read_text())
+            except (OSError, ValueError) as e:  # a dangling link: masked in a container
+                log.debug("rapl: skipping %s: %s", d, e)
+                continue
+            index = tuple(int(i) for i in m.groups()[1:] if i is not None)
+            parent = found.get(entry.rsplit(":", 1)[0]) if len(index) == 2 else None
+            if len(index) == 2 and parent is None:
+                continue
+            found[entry] = _Zone(entry, m.group(1), index, name, d, max_range, parent)
+        return list(found.values())
+
+    def _open_all(self, chosen: list[_Zone]) -> list[_Zone]:
+        """Open every zone once: permission is all or nothing, a broken zone is left out."""
+        opened: list[_Zone] = []
+        failures: list[str] = []
+        try:
+            for z in chosen:
+                try:
+                    self._open_zone(z)
+                    opened.append(z)
+                except PermissionError as e:
+                    raise ProbeUnavailable(self._permission_line(z)) from e
+                except (OSError, ValueError) as e:
+                    _close_all([z])
+                    failures.append(f"{z.energy_path}: {_why(e)}")
+                    log.warning("rapl: leaving out %s", failures[-1])
+            opened = _drop_die_mirrors(opened)
+        except BaseException:
+            _close_all(chosen)
+            raise
+        if not opened:
+            raise ProbeUnavailable(f"cannot read any RAPL energy_uj: {failures[0]}")
+        return opened
+
+    def _choose(self, zones: list[_Zone], psys: bool) -> list[_Zone]:
+        """Containment: core/uncore ⊂ package (never exported); package + dram ⊆ psys."""
+        top = [z for z in zones if z.parent is None]
+        if psys:
+            platform = [z for z in top if z.name == "psys"]
+            if platform:
+                return platform[:1]
+            log.warning(
+                "rapl: psys requested but %s has no psys zone; reporting packages and DRAM instead",
+                self._base,
+            )
+        packages = [z for z in top if _PACKAGE.fullmatch(z.name)]
+        drams = [
+            z for z in zones if z.name == "dram" and (z.parent is None or z.parent in packages)
+        ]
+        return packages + drams
+
+    def _permission_line(self, z: _Zone) -> str:
+        pattern = self._base / f"{z.ctype}:*" / "energy_uj"
+        return (
+            f"RAPL {z.energy_path} is readable by root only (since CVE-2020-8694): run as "
+            f"root, or make it readable with a udev rule or `chmod o+r {pattern}`; in a "
+            "container, run as root with /sys/class/powercap bind-mounted read-only"
+        )
+
+    def _unavailable(self, zones: list[_Zone]) -> str:
+        if zones:
+            names = ", ".join(sorted({z.name for z in zones}))
+            return f"no RAPL package, dram or psys zone under {self._base} (found only: {names})"
+        if any(_ZONE.fullmatch(e) for e in _listdir(self._base)):
+            return (
+                f"RAPL zones under {self._base} are dangling links: a container masks "
+                "/sys/devices/virtual/powercap (Docker does since CVE-2020-8694); "
+                "bind-mount it read-only into the container, or run on the host"
+            )
+        return (
+            f"no RAPL zones under {self._base}: not an Intel/AMD CPU with the "
+            "intel_rapl_msr/rapl driver loaded, or a VM that does not expose RAPL"
+        )
+
+
+def _device(z: _Zone, model: str, top_drams: list[_Zone]) -> Device:
+    wrap_uj = z.max_range_uj * _REGISTER / (_REGISTER - 1)  # see THE WRAP CONVENTION
+    if z.name == "psys":
+        return Device("psys", "platform", "rapl", name="psys", wrap_uj=wrap_uj)
+    if z.name == "dram":
+        if z.parent is None:  # a top-level dram zone: the k-th belongs to package k
+            dram_id = f"dram-{top_drams.index(z)}"
+        else:  # "package-0" -> "dram-0", "package-0-die-1" -> "dram-0-die-1"
+            dram_id = "dram" + z.parent.name.removeprefix("package")
+        return Device(dram_id, "dram", "rapl", name="dram", wrap_uj=wrap_uj)
+    return Device(z.name, "cpu", "rapl", name=model or z.name, wrap_uj=wrap_uj)
+
+
+def _dedupe(zones: list[_Zone]) -> list[_Zone]:
+    """One register may appear through several interfaces (MSR, MMIO, TPMI) under one name:
+    keep the MSR zone, others only for names it lacks."""
+    kept: dict[tuple[str, ...], _Zone] = {}
+    for z in sorted(zones, key=lambda z: (z.ctype != _PRIMARY, z.ctype, z.index)):
+        key = (z.parent.name, z.name) if z.parent else (z.name,)
+        if key in kept:
+            log.debug("rapl: %s duplicates %s", z.entry, kept[key].entry)
+        elif z.parent is None or any(z.parent is k for k in kept.values()):
+            kept[key] = z
+    return sorted(kept.values(), key=lambda z: (z.ctype != _PRIMARY, z.ctype, z.index))
+
+
+def _drop_die_mirrors(zones: list[_Zone]) -> list[_Zone]:
+    """Some kernels register a package-scoped register once per die (AMD CCDs reported as
+    dies): die zones of one package that read equal are one counter, kept once as package-N.
+    Distinct dies (their own registers, e.g. Cascade Lake-AP) never read equal."""
+    groups: dict[str, list[_Zone]] = {}
+    for z in zones:
+        m = _PACKAGE.fullmatch(z.name)
+        if m and m.group(2) and z.parent is None:
+            groups.setdefault(m.group(1), []).append(z)
+    dropped: set[_Zone] = set()
+    for pkg, dies in groups.items():
+        mirrored = len(dies) == 1 or any(_all_equal([_peek(z) for z in dies]) for _ in range(3))
+        if mirrored:
+            dies[0].name = f"package-{pkg}"
+            dropped.update(dies[1:])
+    dropped.update([z for z in zones if z.parent in dropped])
+    _close_all(list(dropped))
+    return [z for z in zones if z not in dropped]
+
+
+def _all_equal(values: list[int | None]) -> bool:
+    return None not in values and len(set(values)) == 1
+
+
+def _peek(z: _Zone) -> int | None:
+    try:
+        return _read_uj(z.fd) if z.fd is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def _close_all(zones: list[_Zone]) -> None:
+    for z in zones:
+        if z.fd is not None:
+            os.close(z.fd)
+            z.fd = None
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, ValueError) or (isinstance(e, OSError) and e.errno in _GONE):
+        return "zone is gone (driver unloaded or CPU offlined?)"
+    return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
+
+
+def _sort_key(entry: str) -> tuple[str, tuple[int, ...]]:
+    ctype, _, rest = entry.partition(":")
+    return ctype, tuple(int(i) for i in rest.split(":") if i.isdigit())
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _cpu_model(procfs: Path) -> str:
+    """The package's human name; every socket of a machine carries the same model."""
+    try:
+        with open(procfs / "cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""

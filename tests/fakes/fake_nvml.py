@@ -1,0 +1,329 @@
+"""A fake of the `pynvml` module that behaves like NVML on a host with GPUs.
+
+It raises the REAL exception classes of the installed pynvml (`pynvml.NVMLError(code)` maps the
+code to its generated subclass, e.g. NVML_ERROR_GPU_IS_LOST -> NVMLError_GpuIsLost), and
+re-exports them with the NVML_ERROR_* constants, so a probe's `except nvml.NVMLError_...`
+clauses run exactly as they do in production.
+
+NVML behaviour reproduced:
+- device functions before nvmlInit (or after the last nvmlShutdown) raise NVMLError_Uninitialized;
+  nvmlInit/nvmlShutdown are reference counted, and a surplus nvmlShutdown raises Uninitialized;
+- nvmlInit can fail as on a host without the driver (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED, ...);
+- an out-of-range index or a foreign handle raises NVMLError_InvalidArgument;
+- the energy counter is an int of mJ since driver load; GPUs before Volta raise NotSupported;
+- power usage is an int of mW;
+- a lost GPU (`FakeGpu.lose()`) still counts in nvmlDeviceGetCount but every call on it,
+  handle lookup included, raises NVMLError_GpuIsLost;
+- a GPU the user may not open raises NVMLError_NoPermission from nvmlDeviceGetHandleByIndex.
+
+In process: build `FakeNvml([FakeGpu(...), ...])`, pass it as the probe's `nvml`, and move time
+with `fake.advance(seconds)` (or `gpu.advance`).
+
+Out of process (a `carbonmeter serve` subprocess): write the state with `write_state(path, gpus)`
+and set FAKE_NVML_STATE=path in the child's environment; in the child, before
+anything imports pynvml, call `install_from_env()`, which puts the fake in
+sys.modules["pynvml"] (e.g. from a sitecustomize.py on the child's PYTHONPATH:
+`import os` / `if os.environ.get("FAKE_NVML_STATE"):` /
+`from tests.fakes.fake_nvml import install_from_env; install_from_env()`). The state file is JSON:
+
+    {"start_monotonic": 12345.6,          # optional; time.monotonic() when energy began to count
+     "init_error": "LIBRARY_NOT_FOUND",   # optional; nvmlInit raises NVML_ERROR_<this>
+     "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "uuid": "GPU-...", "power_mw": 250000,
+               "energy_counter": true, "power_supported": true, "energy_mj": 0,
+               "error": null}]}            # error: NVML_ERROR_<name> every call raises, or null
+
+Energy is `energy_mj + power_mw × seconds` since start_monotonic (default: when the child loaded
+the file); Linux's monotonic clock is system-wide, so parent and child agree on it. The child
+re-reads the file on every device call, so the parent can change `power_mw` or set
+`"error": "GPU_IS_LOST"` mid-run (write_state replaces the file atomically); energy accrues at
+the old power up to that moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pynvml
+
+STATE_ENV = "FAKE_NVML_STATE"
+
+# The real error machinery, re-exported so this module can stand in for pynvml.
+NVMLError = pynvml.NVMLError
+_ERROR_NAMES = [n for n in dir(pynvml) if n.startswith(("NVMLError", "NVML_ERROR_"))]
+for _name in _ERROR_NAMES:
+    globals()[_name] = getattr(pynvml, _name)
+NVML_SUCCESS = pynvml.NVML_SUCCESS
+
+
+def error_code(name: str | int) -> int:
+    """NVML_ERROR_<name> as a number: "GPU_IS_LOST" -> 15; numbers pass through."""
+    if isinstance(name, int):
+        return name
+    return int(getattr(pynvml, "NVML_ERROR_" + name.upper().removeprefix("NVML_ERROR_")))
+
+
+def _raise(code: int) -> None:
+    # NVMLError.__new__ turns the code into its generated subclass, as pynvml's own
+    # _nvmlCheckReturn does.
+    raise pynvml.NVMLError(code)
+
+
+class FakeGpu:
+    """One GPU: its identity, what NVML supports on it, and a power draw a test can set."""
+
+    def __init__(
+        self,
+        name: str = "NVIDIA A100-SXM4-40GB",
+        uuid: str = "GPU-00000000-0000-0000-0000-000000000000",
+        *,
+        power_mw: int = 100_000,
+        energy_counter: bool = True,
+        power_supported: bool = True,
+        energy_mj: float = 0,
+        permitted: bool = True,
+    ) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.power_mw = power_mw
+        self.energy_counter = energy_counter  # Volta and newer
+        self.power_supported = power_supported
+        self.permitted = permitted
+        self.error: int | None = None  # an NVML error code every call on this GPU raises
+        self._energy_mj = float(energy_mj)
+
+    @property
+    def energy_mj(self) -> int:
+        """What nvmlDeviceGetTotalEnergyConsumption returns: whole mJ."""
+        return int(self._energy_mj)
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass at the current power (mW × s = mJ)."""
+        self._energy_mj += self.power_mw * seconds
+
+    def lose(self) -> None:
+        """The GPU falls off the bus: every later call raises NVMLError_GpuIsLost."""
+        self.error = pynvml.NVML_ERROR_GPU_IS_LOST
+
+    def fail(self, code: str | int | None) -> None:
+        """Every later call raises NVML_ERROR_<code> (None: recover)."""
+        self.error = None if code is None else error_code(code)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "power_mw": self.power_mw,
+            "energy_counter": self.energy_counter,
+            "power_supported": self.power_supported,
+            "energy_mj": self._energy_mj,
+            "permitted": self.permitted,
+            "error": self.error,
+        }
+
+
+class _Handle:
+    """Opaque like c_nvmlDevice_t: only the fake that issued it accepts it."""
+
+    __slots__ = ("fake", "gpu")
+
+    def __init__(self, fake: FakeNvml, gpu: FakeGpu) -> None:
+        self.fake = fake
+        self.gpu = gpu
+
+
+class FakeNvml:
+    """Stands in for the pynvml module; `calls` counts every function called, by name."""
+
+    NVML_SUCCESS = pynvml.NVML_SUCCESS
+
+    def __init__(
+        self,
+        gpus: Iterable[FakeGpu] = (),
+        *,
+        init_error: str | int | None = None,
+        bytes_strings: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.gpus = list(gpus)
+        self.init_error = None if init_error is None else error_code(init_error)
+        self.bytes_strings = bytes_strings  # pynvml before 11.515 returned bytes
+        self.calls: Counter[str] = Counter()
+        self.refcount = 0
+        self._clock = clock
+        self._last = clock() if clock is not None else 0.0
+        self._state_path: Path | None = None
+
+    # -- test controls --------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass on every GPU."""
+        for gpu in self.gpus:
+            gpu.advance(seconds)
+
+    @property
+    def initialized(self) -> bool:
+        return self.refcount > 0
+
+    # -- the pynvml functions -------------------------------------------------------------
+
+    def nvmlInit(self) -> None:
+        self.calls["nvmlInit"] += 1
+        if self.init_error is not None:
+            _raise(self.init_error)
+        self.refcount += 1
+
+    def nvmlShutdown(self) -> None:
+        self.calls["nvmlShutdown"] += 1
+        if self.refcount == 0:
+            _raise(pynvml.NVML_ERROR_UNINITIALIZED)
+        self.refcount -= 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._enter("nvmlDeviceGetCount")
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        self._enter("nvmlDeviceGetHandleByIndex")
+        if not isinstance(index, int) or not 0 <= index < len(self.gpus):
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        gpu = self.gpus[index]
+        if gpu.error is not None:
+            _raise(gpu.error)
+        if not gpu.permitted:
+            _raise(pynvml.NVML_ERROR_NO_PERMISSION)
+        return _Handle(self, gpu)
+
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str | bytes:
+        gpu = self._gpu("nvmlDeviceGetUUID", handle)
+        return self._string(gpu.uuid)
+
+    def nvmlDeviceGetName(self, handle: _Handle) -> str | bytes:
+        gpu = self._gpu("nvmlDeviceGetName", handle)
+        return self._string(gpu.name)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
+        gpu = self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
+        if not gpu.energy_counter:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.energy_mj
+
+    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
+        gpu = self._gpu("nvmlDeviceGetPowerUsage", handle)
+        if not gpu.power_supported:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return int(gpu.power_mw)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _enter(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.refcount == 0:
+            _raise(pynvml.NVML_ERROR_UNINITIALIZED)
+        self._sync()
+
+    def _gpu(self, name: str, handle: Any) -> FakeGpu:
+        self._enter(name)
+        if not isinstance(handle, _Handle) or handle.fake is not self:
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        gpu = handle.gpu
+        if gpu.error is not None:
+            _raise(gpu.error)
+        return gpu
+
+    def _string(self, value: str) -> str | bytes:
+        return value.encode() if self.bytes_strings else value
+
+    def _sync(self) -> None:
+        """Clock-driven fakes: accrue energy up to now, then pick up the state file's changes."""
+        if self._clock is None:
+            return
+        now = self._clock()
+        self.advance(now - self._last)
+        self._last = now
+        if self._state_path is not None:
+            self._reload()
+
+    def _reload(self) -> None:
+        assert self._state_path is not None
+        try:
+            state = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return  # keep the last state
+        by_uuid = {g.get("uuid"): g for g in state.get("gpus", [])}
+        for gpu in self.gpus:
+            entry = by_uuid.get(gpu.uuid)
+            if entry is None:
+                continue
+            gpu.power_mw = entry.get("power_mw", gpu.power_mw)
+            err = entry.get("error")
+            gpu.error = None if err is None else error_code(err)
+
+
+# Names a probe may look up on the module it was given.
+for _name in _ERROR_NAMES:
+    setattr(FakeNvml, _name, getattr(pynvml, _name))
+
+
+def write_state(
+    path: str | os.PathLike[str],
+    gpus: Iterable[FakeGpu],
+    *,
+    init_error: str | int | None = None,
+    start_monotonic: float | None = None,
+) -> Path:
+    """Write (atomically) the JSON state file `load_from_env` reads."""
+    path = Path(path)
+    state: dict[str, Any] = {"gpus": [g.to_json() for g in gpus]}
+    if init_error is not None:
+        state["init_error"] = init_error
+    if start_monotonic is not None:
+        state["start_monotonic"] = start_monotonic
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+    return path
+
+
+def load_from_env(
+    environ: Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> FakeNvml:
+    """The fake described by the JSON file that FAKE_NVML_STATE names."""
+    env = os.environ if environ is None else environ
+    path = Path(env[STATE_ENV])
+    state = json.loads(path.read_text())
+    now = clock()
+    elapsed = max(0.0, now - float(state.get("start_monotonic", now)))
+    gpus = []
+    for entry in state.get("gpus", []):
+        gpu = FakeGpu(
+            entry.get("name", "NVIDIA A100-SXM4-40GB"),
+            entry["uuid"],
+            power_mw=entry.get("power_mw", 100_000),
+            energy_counter=entry.get("energy_counter", True),
+            power_supported=entry.get("power_supported", True),
+            energy_mj=entry.get("energy_mj", 0),
+            permitted=entry.get("permitted", True),
+        )
+        if entry.get("error") is not None:
+            gpu.fail(entry["error"])
+        gpu.advance(elapsed)
+        gpus.append(gpu)
+    fake = FakeNvml(gpus, init_error=state.get("init_error"), clock=clock)
+    fake._state_path = path
+    return fake
+
+
+def install_from_env() -> FakeNvml:
+    """Make `import pynvml` in this process return the fake from FAKE_NVML_STATE."""
+    fake = load_from_env()
+    sys.modules["pynvml"] = fake  # type: ignore[assignment]
+    return fake

@@ -1,0 +1,156 @@
+"""`carbonmeter serve` as users run it, scraped by a real Prometheus server.
+
+The exporter runs as a subprocess on a fixture powercap tree (two sockets with DRAM, the
+kernel's counter semantics) and a fake NVML (one GPU with an energy counter, one with power
+only), exactly as it would on such a server; Prometheus scrapes it and the test queries
+Prometheus, not the exporter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter.carbon import find_region
+from tests.fakes.fake_nvml import FakeGpu, write_state
+from tests.fixtures.powercap import two_sockets_with_dram
+from tests.helpers import free_port, http_get, prom_query, prometheus, require, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIM = ROOT / "tests" / "fakes" / "nvml_shim"
+
+
+def start_serve(tmp: Path, config: str, *, env: dict[str, str] | None = None,
+                interval: float = 0.2) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cfg = tmp / "carbonmeter.yaml"
+    cfg.write_text(config)
+    with open(tmp / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "serve", "--config", str(cfg),
+             "--listen", f"127.0.0.1:{port}", "--interval", str(interval)],
+            env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"127.0.0.1:{port}"
+
+
+def metrics(target: str) -> str:
+    return http_get(f"http://{target}/metrics")[2].decode()
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(15)
+
+
+def value(url: str, expr: str) -> float:
+    result = prom_query(url, expr)
+    assert len(result) == 1, (expr, result)
+    return float(result[0]["value"][1])
+
+
+def test_serve_on_fixtures_scraped_by_prometheus(tmp_path):
+    tree = two_sockets_with_dram(tmp_path / "sys")
+    # Start package-0 near the top of its range so the run crosses a wrap.
+    tree.advance("intel-rapl:0", 262_000)
+    state = tmp_path / "nvml.json"
+    write_state(state, [
+        FakeGpu("NVIDIA A100-SXM4-40GB", "GPU-a1", power_mw=250_000, energy_counter=True),
+        FakeGpu("Tesla P4", "GPU-p4", power_mw=100_000, energy_counter=False),
+    ])
+    proc, target = start_serve(tmp_path, f"""
+paths: {{sysfs: {tmp_path / 'sys'}}}
+carbon: {{region: FR, pue: 1.2}}
+""", env={"PYTHONPATH": f"{SHIM}:{ROOT}", "FAKE_NVML_STATE": str(state)})
+    try:
+        wait_for(lambda: 'device="dram-1"' in metrics(target), what="first sample")
+        with prometheus(tmp_path, [target]) as prom:
+            before = {z: tree.true_energy_j(z) for z in tree.zones()}
+            added = {"intel-rapl:0": 0.0, "intel-rapl:1": 0.0, "intel-rapl:0:0": 0.0}
+            for _ in range(6):  # 6 x 60 kJ: package-0 wraps once; each step < one wrap
+                for zone, joules in (("intel-rapl:0", 60_000), ("intel-rapl:1", 5_000),
+                                     ("intel-rapl:0:0", 700.5)):
+                    tree.advance(zone, joules)
+                    added[zone] += joules
+                time.sleep(0.5)
+            assert tree.wraps("intel-rapl:0") >= 1
+            time.sleep(1.0)  # the exporter samples the last step
+            done = time.time()
+            wait_for(lambda: [r for r in prom_query(
+                prom, "timestamp(carbonmeter_host_energy_joules_total)")
+                if float(r["value"][1]) > done + 0.1], what="a scrape after the last step")
+
+            def energy(device: str) -> float:
+                return value(prom, f'carbonmeter_energy_joules_total{{device="{device}"}}')
+
+            for device, zone in (("package-0", "intel-rapl:0"), ("package-1", "intel-rapl:1"),
+                                 ("dram-0", "intel-rapl:0:0")):
+                true = tree.true_energy_j(zone) - before[zone]
+                assert true == pytest.approx(added[zone], abs=1e-3)
+                # exact to 1 µJ per wrap (plus the kernel's flooring of each reading)
+                assert abs(energy(device) - true) <= 1e-6 * (1 + tree.wraps(zone)) + 1e-6, device
+
+            labels = prom_query(prom, 'carbonmeter_energy_joules_total{device="gpu-1"}')
+            assert labels[0]["metric"]["kind"] == "gpu" and labels[0]["metric"]["source"] == "nvml"
+            gpu0_watts = value(prom, 'carbonmeter_power_watts{device="gpu-0"}')
+            assert gpu0_watts == pytest.approx(250, rel=0.02)
+            assert value(prom, 'carbonmeter_power_watts{device="gpu-1"}') == pytest.approx(100)
+            assert energy("gpu-0") / energy("gpu-1") == pytest.approx(2.5, rel=0.05)
+
+            fr = find_region("FR").g_per_kwh
+            for device in ("package-0", "gpu-0"):
+                grams = value(prom, f'carbonmeter_emissions_grams_total{{device="{device}"}}')
+                assert grams == pytest.approx(energy(device) / 3.6e6 * 1.2 * fr, rel=1e-9)
+            assert value(prom, "carbonmeter_host_energy_joules_total") == pytest.approx(
+                value(prom, "sum(carbonmeter_energy_joules_total)"), rel=1e-12)
+            assert value(prom, 'carbonmeter_carbon_intensity_grams_per_kilowatt_hour'
+                               '{region="FR",provider="bundled"}') == fr
+            assert value(prom, "carbonmeter_pue_ratio") == 1.2
+            assert value(prom, "sum(carbonmeter_probe_up)") == 2
+            assert not prom_query(prom, 'carbonmeter_energy_joules_total{source=~".*_model"}')
+
+        out = subprocess.run([require("promtool"), "check", "metrics"],
+                             input=http_get(f"http://{target}/metrics")[2], capture_output=True)
+        assert out.returncode == 0 and not out.stdout and not out.stderr, out
+        assert http_get(f"http://{target}/healthz")[0] == 200
+    finally:
+        code = stop(proc)
+    assert code == 0, (tmp_path / "serve.log").read_text()
+    assert "stopped" in (tmp_path / "serve.log").read_text()
+
+
+def test_default_configuration_runs_on_a_machine_without_sensors(tmp_path):
+    """No RAPL, hwmon or GPU here: the built-in defaults fall back to the estimates."""
+    proc, target = start_serve(tmp_path, "", interval=0.2)
+    try:
+        wait_for(lambda: 'source="ram_model"' in metrics(target), what="first sample")
+        wait_for(lambda: 'carbonmeter_power_watts{device="cpu"' in metrics(target),
+                 what="a CPU power estimate")
+        text = metrics(target)
+        assert 'kind="cpu",source="cpu_model"' in text
+        assert '{provider="default",region="world"} 475.0' in text
+    finally:
+        assert stop(proc) == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "no carbon.region configured" in log
+    if not Path("/sys/class/powercap/intel-rapl:0").exists():
+        assert "probe rapl not used: no RAPL zones" in log
+
+
+def test_probes_command_says_what_runs_and_why_not(tmp_path):
+    tree = two_sockets_with_dram(tmp_path / "sys")
+    assert tree.zones()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n")
+    out = subprocess.run([sys.executable, "-m", "exporter", "probes", "--config", str(cfg)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "package-0 (cpu, measured)" in out.stdout and "dram-1 (dram, measured)" in out.stdout
+    assert "cpu_model  not used" in out.stdout and "not needed: the CPU is measured by rapl" \
+        in out.stdout
+    assert "nvml" in out.stdout and "world average" in out.stdout
