@@ -8,8 +8,8 @@ regenerate them and see that they match, and an update of the raw data is one co
 
 Usage, from the repository root:
 
-    python config/sources/derive.py --data ../shared/data            # rewrite config/*.csv
-    python config/sources/derive.py --data ../shared/data --check    # exit 1 if out of date
+    python config/sources/derive.py --data DATA            # rewrite config/*.csv
+    python config/sources/derive.py --data DATA --check    # exit 1 if out of date
     python config/sources/derive.py --data DIR --out OUTDIR          # write elsewhere
 
 Reads (from --data):

@@ -1,14 +1,16 @@
 """The bundled reference tables: figures checked by hand against the source, and reproducible.
 
 The expected figures below were read by hand from the reference data (global_energy_mix.json,
-cpu_power.csv in ../shared/data), which is not in the repository; only the last test reads it,
-to check that config/sources/derive.py regenerates the committed tables byte for byte.
+cpu_power.csv), which is not in the repository. Only the last test reads it, from the folder
+REFERENCE_DATA_DIR names, to check that config/sources/derive.py regenerates the committed
+tables byte for byte.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from probes.cpu_names import lookup_tdp, model_tokens, normalise_cpu_model, pars
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
-REFERENCE_DATA = ROOT.parent / "shared" / "data"
+REFERENCE_DATA = Path(os.environ.get("REFERENCE_DATA_DIR", "/nonexistent"))
 
 REGION_COLUMNS = [
     "code", "alpha3", "name", "kind", "provider", "intensity_g_per_kwh", "year", "source",
@@ -237,7 +239,7 @@ def test_lookup_this_machine(tdp_table: dict[str, float]) -> None:
 
 @pytest.mark.skipif(
     not (REFERENCE_DATA / "global_energy_mix.json").exists(),
-    reason=f"reference data not found at {REFERENCE_DATA} (it is not in the repository)",
+    reason="set REFERENCE_DATA_DIR to the raw reference data (not in the repository)",
 )
 def test_derive_reproduces_committed_tables(tmp_path: Path) -> None:
     subprocess.run(
