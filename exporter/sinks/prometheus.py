@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import platform
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -144,8 +145,12 @@ def make_server(host: str, port: int, renderer: Renderer,
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"carbonmeter/{__version__}"
-        sys_version = ""
         protocol_version = "HTTP/1.1"
+        # Keep-alive scrapes must not wait out Nagle + delayed ACK (40 ms a response).
+        disable_nagle_algorithm = True
+
+        def version_string(self) -> str:
+            return self.server_version  # no Python version for clients to fingerprint
 
         def do_GET(self) -> None:
             self._respond(send_body=True)
@@ -180,9 +185,12 @@ def make_server(host: str, port: int, renderer: Renderer,
             self.send_header("Content-Length", str(len(body)))
             for k, v in headers.items():
                 self.send_header(k, v)
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+            if send_body:  # headers and body in one write: one segment for small responses
+                self._headers_buffer.append(b"\r\n")
+                self._headers_buffer.append(body)
+                self.flush_headers()
+            else:
+                self.end_headers()
 
         def log_message(self, format: str, *args: object) -> None:
             log.debug("%s %s", self.address_string(), format % args)
@@ -190,6 +198,10 @@ def make_server(host: str, port: int, renderer: Renderer,
     class Server(ThreadingHTTPServer):
         daemon_threads = True
         allow_reuse_address = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            # A client that hangs up mid-request is routine, not a traceback on stderr.
+            log.debug("connection from %s ended: %s", client_address, sys.exc_info()[1])
 
     if ":" in host:
         import socket
