@@ -198,6 +198,9 @@ def make_server(host: str, port: int, renderer: Renderer,
     class Server(ThreadingHTTPServer):
         daemon_threads = True
         allow_reuse_address = True
+        # socketserver's default backlog of 5 drops the SYNs of a burst of scrapers, which
+        # then wait a full second to retry.
+        request_queue_size = 128
 
         def handle_error(self, request: object, client_address: object) -> None:
             # A client that hangs up mid-request is routine, not a traceback on stderr.
