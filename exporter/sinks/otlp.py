@@ -24,6 +24,7 @@ import socket
 import threading
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider, ObservableCounter
@@ -173,10 +174,7 @@ class _OutageLogged(MetricExporter):
 
 
 def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+    return Path(path).read_bytes() if path else None
 
 
 def _sdk_exporter(cfg: Otlp, session: typing.Any) -> MetricExporter:
@@ -199,7 +197,10 @@ def _sdk_exporter(cfg: Otlp, session: typing.Any) -> MetricExporter:
                 root_certificates=_read(cfg.certificate), private_key=_read(cfg.client_key),
                 certificate_chain=_read(cfg.client_certificate))
         return OTLPMetricExporter(endpoint=cfg.endpoint, insecure=cfg.insecure,
-                                  credentials=credentials, headers=headers,
+                                  credentials=credentials,
+                                  # gRPC refuses metadata keys with capitals
+                                  headers={k.lower(): v for k, v in (headers or {}).items()}
+                                  or None,
                                   timeout=cfg.timeout_seconds,
                                   preferred_temporality=temporality)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (

@@ -79,7 +79,7 @@ def export_after(receiver: Receiver, when: float, what: str = "an export"):
 def test_serve_exports_hardware_conventions_that_match_prometheus(tmp_path, protocol):
     with Receiver(protocol) as receiver:
         tree, proc, target = serve_with_otlp(
-            tmp_path, receiver, "  headers: {authorization: Bearer s3cret}\n",
+            tmp_path, receiver, "  headers: {Authorization: Bearer s3cret}\n",
             env={"K8S_POD_NAME": "carbonmeter-x7k2p", "K8S_NAMESPACE_NAME": "monitoring",
                  "NODE_NAME": "node-7",
                  "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test,team=green"})
