@@ -7,9 +7,14 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
 from exporter.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from exporter.snapshot import Snapshot
 
 log = logging.getLogger("carbonmeter")
 
@@ -71,12 +76,33 @@ def serve(args: argparse.Namespace) -> int:
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("serving http://%s:%d/metrics every %gs", host, server.server_address[1],
              cfg.sampler.interval_seconds)
+    sinks = _start_sinks(cfg, lambda: sampler.latest)  # after: their imports take a while
     stop.wait()
     server.shutdown()
     server.server_close()
     sampler.stop()
+    for sink in sinks:
+        sink.close()
     log.info("stopped")
     return 0
+
+
+def _start_sinks(cfg: Config, latest: Callable[[], Snapshot]) -> list[Any]:
+    """The push sinks configured; each has close(), which sends the final totals. One
+    that cannot start is reported and the exporter goes on without it."""
+    sinks: list[Any] = []
+    if cfg.otlp.enabled:
+        try:
+            from exporter.sinks import otlp
+
+            sinks.append(otlp.start(cfg.otlp, latest))
+        except Exception as e:
+            log.error("OTLP export not started: %s: %s", type(e).__name__, e)
+    if cfg.pushgateway.url is not None:
+        from exporter.sinks import pushgateway
+
+        sinks.append(pushgateway.start(cfg.pushgateway, latest, cfg.sampler.interval_seconds))
+    return sinks
 
 
 def probes(args: argparse.Namespace) -> int:
@@ -117,7 +143,7 @@ def config_check(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carbonmeter", description="Measure the energy computers spend and the CO2eq "
-        "it emits; export it to Prometheus.")
+        "it emits; export it to Prometheus, OTLP and a Pushgateway.")
     p.add_argument("--version", action="version", version=f"carbonmeter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ MIX_SOURCES = (
     "geothermal", "other",
 )  # fmt: skip
 PROBE_NAMES = ("rapl", "nvml", "cpu_model", "ram_model")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+TEMPORALITIES = ("cumulative", "delta")
+SECRET = "<hidden>"  # what `config check` prints for passwords and header values
 
 
 class ConfigError(Exception):
@@ -92,6 +96,40 @@ class Carbon:
 
 
 @dataclass(frozen=True)
+class Otlp:
+    """Resolved by `exporter.otel_env`: every None left in the file is filled from the
+    standard OTEL_* variables or a default, so the sink gets concrete settings."""
+
+    enabled: bool
+    endpoint: str = field(**_limits(check="url"))
+    protocol: str = field(**_limits(choices=OTLP_PROTOCOLS))
+    headers: dict[str, str] = field(**_limits(secret=True))
+    insecure: bool
+    certificate: str | None = field(**_limits(check="file"))
+    client_certificate: str | None = field(**_limits(check="file"))
+    client_key: str | None = field(**_limits(check="file"))
+    interval_seconds: float = field(**_limits(min=0.1, max=3600))
+    temporality: str = field(**_limits(choices=TEMPORALITIES))
+    timeout_seconds: float = field(**_limits(min=0.1, max=600))
+
+
+@dataclass(frozen=True)
+class Pushgateway:
+    url: str | None = field(**_limits(check="url"))
+    job: str
+    instance: str | None
+    grouping: dict[str, str] = field(**_limits(check="label_name"))
+    interval_seconds: float | None = field(**_limits(min=0.1, max=3600))
+    username: str | None
+    password: str | None = field(**_limits(secret=True))
+    certificate: str | None = field(**_limits(check="file"))
+    client_certificate: str | None = field(**_limits(check="file"))
+    client_key: str | None = field(**_limits(check="file"))
+    timeout_seconds: float = field(**_limits(min=0.1, max=600))
+    delete_on_exit: bool
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server
     sampler: Sampler
@@ -103,6 +141,8 @@ class Config:
     cpu: Cpu
     ram: Ram
     carbon: Carbon
+    otlp: Otlp
+    pushgateway: Pushgateway
     source: str = "built-in defaults"  # where it came from, for messages
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,6 +170,9 @@ def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, st
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".")
         data[section][key] = value
+    from exporter import otel_env
+
+    otel_env.resolve(data, env, origin)
     return _build(data, origin)
 
 
@@ -218,6 +261,17 @@ def _build(data: dict[str, Any], origin: str) -> Config:
     cfg = Config(**built, source=origin)
     if cfg.carbon.mix is not None and sum(cfg.carbon.mix.values()) <= 0:
         raise ConfigError(f"{origin}: carbon.mix: shares must add up to more than 0")
+    for name in ("otlp", "pushgateway"):
+        section = getattr(cfg, name)
+        if (section.client_certificate is None) != (section.client_key is None):
+            raise ConfigError(f"{origin}: {name}.client_certificate and {name}.client_key "
+                              "go together: set both for client TLS, or neither")
+    p = cfg.pushgateway
+    if (p.username is None) != (p.password is None):
+        raise ConfigError(f"{origin}: pushgateway.username and pushgateway.password go "
+                          "together: set both for basic auth, or neither")
+    if "job" in p.grouping:
+        raise ConfigError(f"{origin}: pushgateway.grouping: 'job' is set by pushgateway.job")
     return cfg
 
 
@@ -245,14 +299,20 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
                 raise ConfigError(f"{where}: '{v}' is not one of {', '.join(allowed)}")
         return items
     if origin is dict:
+        if value is None:
+            value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a mapping, got {_show(value)}")
         keys = meta.get("keys", ())
+        item_type = typing.get_args(hint)[1]
         out = {}
         for k, v in value.items():
             if keys and k not in keys:
                 raise _unknown(where, str(k), keys)
-            out[str(k)] = _check(f"{where}.{k}", v, float, meta)
+            if meta.get("check") == "label_name" and not LABEL_NAME.fullmatch(str(k)):
+                raise ConfigError(f"{where}: '{k}' is not a Prometheus label name "
+                                  "([a-zA-Z_][a-zA-Z0-9_]*)")
+            out[str(k)] = _check(f"{where}.{k}", v, item_type, {**meta, "check": None})
         return out
     if hint is bool:
         if not isinstance(value, bool):
@@ -272,8 +332,13 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
         value = str(value)
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{where}: '{value}' is not one of {', '.join(meta['choices'])}")
-        if meta.get("check") == "listen":
+        check = meta.get("check")
+        if check == "listen":
             parse_listen(value, where)
+        elif check == "url":
+            check_url(value, where)
+        elif check == "file" and not Path(value).is_file():
+            raise ConfigError(f"{where}: '{value}' is not a readable file")
         return value
     raise TypeError(f"no check for {hint!r}")  # a programming error, caught by the tests
 
@@ -290,6 +355,24 @@ def _show(value: Any) -> str:
     return (text[:40] + "…" if len(text) > 40 else text) + f" ({type(value).__name__})"
 
 
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def check_url(value: str, where: str) -> None:
+    """An http:// or https:// URL with a host, as the OTLP and Pushgateway clients need."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
+              and (parts.port or 0) >= 0)  # .port raises ValueError when not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}: '{value}' must be a URL http://HOST:PORT or "
+                          "https://HOST:PORT (optionally with a path)")
+
+
 def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:
     """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port)."""
     host, sep, port = value.rpartition(":")
@@ -301,5 +384,13 @@ def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:
 
 
 def dump(cfg: Config) -> str:
-    """The effective configuration as YAML, as `config check` prints it."""
-    return yaml.safe_dump(cfg.as_dict(), sort_keys=False)
+    """The effective configuration as YAML, as `config check` prints it; secrets (a
+    password, header values that carry API keys) are replaced by a placeholder."""
+    data = cfg.as_dict()
+    for name, cls in _sections().items():
+        for f in dataclasses.fields(cls):
+            value = data[name][f.name]
+            if f.metadata.get("secret") and value:
+                data[name][f.name] = ({k: SECRET for k in value} if isinstance(value, dict)
+                                      else SECRET)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -69,15 +69,29 @@ def prometheus(tmp: Path, targets: list[str], *, scrape_interval: str = "1s",
         + (f"rule_files:\n{rules}" if rules else "")
         + "scrape_configs:\n  - job_name: carbonmeter\n    static_configs:\n"
         + f"      - targets: {json.dumps(targets)}\n")
-    with open(tmp / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen(
-            [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: http_get(f"{url}/-/ready")[0] == 200, what="Prometheus ready")
+    with _running([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                  tmp / "prometheus.log",
+                  lambda: http_get(f"{url}/-/ready")[0] == 200, "Prometheus ready"):
         yield url
+
+
+@contextlib.contextmanager
+def _running(args: list[str], log_path: Path, ready: Callable[[], Any],
+             what: str) -> Iterator[subprocess.Popen]:
+    """A server process, logging to `log_path`, stopped at the end; waits for `ready`."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+
+    def check() -> Any:
+        if proc.poll() is not None:
+            raise AssertionError(f"{args[0]} exited: {log_path.read_text()[-2000:]}")
+        return ready()
+
+    try:
+        wait_for(check, what=what)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -95,3 +109,39 @@ def prom_query(url: str, expr: str) -> list[dict[str, Any]]:
     if status != 200 or data.get("status") != "success":
         raise AssertionError(f"query {expr!r} failed: {body[:300]!r}")
     return data["data"]["result"]
+
+
+def self_signed(tmp: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for `host` (an IP address), made by openssl: a server's
+    certificate and its own CA at once. Returns (certificate, key), PEM files."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run([require("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    f"/CN={host}", "-addext", f"subjectAltName=IP:{host}", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@contextlib.contextmanager
+def pushgateway(tmp: Path, *, port: int | None = None,
+                web_config: str | None = None) -> Iterator[str]:
+    """A real Prometheus Pushgateway; yields its base URL (https when web_config sets TLS).
+    `web_config` is the text of an exporter-toolkit web configuration (basic auth, TLS)."""
+    binary = require("prometheus-pushgateway")
+    port = port or free_port()
+    # Debian's build persists to /var/lib/prometheus by default: keep it in memory.
+    args = [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=",
+            "--log.level=warn"]
+    scheme = "http"
+    if web_config:
+        (tmp / "web.yml").write_text(web_config)
+        args.append(f"--web.config.file={tmp / 'web.yml'}")
+        scheme = "https" if "tls_server_config" in web_config else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    with _running(args, tmp / "pushgateway.log", listening, "Pushgateway listening"):
+        yield url
