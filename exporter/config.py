@@ -92,6 +92,13 @@ class Carbon:
 
 
 @dataclass(frozen=True)
+class EmissionsLog:
+    path: str | None
+    format: str = field(**_limits(choices=("csv", "jsonl")))
+    project_name: str
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server
     sampler: Sampler
@@ -103,6 +110,7 @@ class Config:
     cpu: Cpu
     ram: Ram
     carbon: Carbon
+    emissions_log: EmissionsLog
     source: str = "built-in defaults"  # where it came from, for messages
 
     def as_dict(self) -> dict[str, Any]:
