@@ -1,4 +1,4 @@
-"""The `carbonmeter` command: serve, probes, config check."""
+"""The `carbonmeter` command: serve, run, report, probes, config check."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from exporter import __version__
 from exporter.config import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -35,6 +34,7 @@ def serve(args: argparse.Namespace) -> int:
     from exporter.config import parse_listen
     from exporter.discovery import discover
     from exporter.sampler import Sampler
+    from exporter.sinks.emissions_log import IntervalWriter, RowContext, new_run_id, open_log
     from exporter.sinks.prometheus import Renderer, make_server
 
     cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval})
@@ -65,6 +65,15 @@ def serve(args: argparse.Namespace) -> int:
         sampler.stop()
         return 1
     sampler.start()
+    log_writer = None
+    emissions_log = open_log(cfg.emissions_log)
+    if emissions_log is not None:
+        log_writer = IntervalWriter(emissions_log, lambda: sampler.latest,
+                                    cfg.sampler.interval_seconds,
+                                    RowContext(cfg.emissions_log.project_name, new_run_id()))
+        log_writer.start()
+        log.info("emissions log: one row per interval in %s (%s)", emissions_log.path,
+                 emissions_log.format)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -83,6 +92,8 @@ def serve(args: argparse.Namespace) -> int:
     sampler.stop()
     for sink in sinks:
         sink.close()
+    if log_writer is not None:
+        log_writer.stop()
     log.info("stopped")
     return 0
 
@@ -103,6 +114,32 @@ def _start_sinks(cfg: Config, latest: Callable[[], Snapshot]) -> list[Any]:
 
         sinks.append(pushgateway.start(cfg.pushgateway, latest, cfg.sampler.interval_seconds))
     return sinks
+
+
+def run(args: argparse.Namespace) -> int:
+    from exporter.run import run as run_command
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("carbonmeter run: no command given; usage: carbonmeter run [--config FILE] "
+              "[--interval S] [--output FILE] [--json] -- CMD ARGS...", file=sys.stderr)
+        return 2
+    if args.interval is not None and not 0.01 <= args.interval <= 3600:
+        print(f"carbonmeter run: --interval {args.interval:g} is out of range from 0.01 to "
+              "3600 seconds", file=sys.stderr)
+        return 2
+    cfg = _load(args)
+    # The command's own output shares our stderr: say only what went wrong, and the summary.
+    _setup_logging("debug" if cfg.log.level == "debug" else "warning")
+    return run_command(cfg, command, interval=args.interval, output=args.output,
+                       as_json=args.json)
+
+
+def report(args: argparse.Namespace) -> int:
+    from exporter.report import main as report_main
+
+    _setup_logging("warning")
+    return report_main(args.file, html=args.html)
 
 
 def probes(args: argparse.Namespace) -> int:
@@ -140,11 +177,20 @@ def config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (reading package metadata costs 30 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from exporter import __version__
+
+        parser.exit(message=f"carbonmeter {__version__}\n")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carbonmeter", description="Measure the energy computers spend and the CO2eq "
         "it emits; export it to Prometheus, OTLP and a Pushgateway.")
-    p.add_argument("--version", action="version", version=f"carbonmeter {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the exporter")
@@ -153,6 +199,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", metavar="SECONDS", type=float,
                    help="sampling interval, 0.1 and up (default 15)")
     s.set_defaults(func=serve)
+
+    s = sub.add_parser("run", help="run a command and print the energy and CO2eq it cost",
+                       description="Run CMD as `time` does and print, on stderr, the energy "
+                       "and CO2eq spent while it ran (the whole machine's).")
+    s.add_argument("--config", metavar="FILE", help="YAML configuration (default: built in)")
+    s.add_argument("--interval", metavar="SECONDS", type=float,
+                   help="how often power sources are read while CMD runs (default 1); "
+                   "energy counters are read at start and end")
+    s.add_argument("--output", metavar="FILE", help="write the summary to FILE, not stderr")
+    s.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    s.set_defaults(func=run)
+
+    s = sub.add_parser("report", help="summarise an emissions log: totals, regions, "
+                       "equivalents; --html for a page with charts")
+    s.add_argument("file", metavar="FILE", help="an emissions log (CSV or JSON Lines)")
+    s.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
+    s.set_defaults(func=report)
 
     s = sub.add_parser("probes", help="show what each probe found on this machine")
     s.add_argument("--config", metavar="FILE")

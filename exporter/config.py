@@ -130,6 +130,13 @@ class Pushgateway:
 
 
 @dataclass(frozen=True)
+class EmissionsLog:
+    path: str | None
+    format: str = field(**_limits(choices=("csv", "jsonl")))
+    project_name: str
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server
     sampler: Sampler
@@ -143,6 +150,7 @@ class Config:
     carbon: Carbon
     otlp: Otlp
     pushgateway: Pushgateway
+    emissions_log: EmissionsLog
     source: str = "built-in defaults"  # where it came from, for messages
 
     def as_dict(self) -> dict[str, Any]:

@@ -32,12 +32,19 @@ class Sampler:
         self._seen: set[str] = set()
         self._seq = 0
         self._stop = threading.Event()
+        # sample() may also be called from outside the loop (`carbonmeter run`, the API
+        # reading at a task boundary): one sample at a time keeps the accounting whole.
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # when the loop last finished a sample
         self.latest: Snapshot = self._publish()
 
     def sample(self) -> Snapshot:
         """Read every probe once and publish the new totals."""
+        with self._lock:
+            return self._sample()
+
+    def _sample(self) -> Snapshot:
         intensity = self.intensity.current()
         read_now: set[str] = set()
         for probe in self.probes:
@@ -78,6 +85,7 @@ class Sampler:
         return Snapshot(
             seq=self._seq,
             taken_unix=time.time(),
+            taken_monotonic=time.monotonic(),
             devices=totals,
             # Every device the probes export is disjoint from the others (RAPL drops
             # subzones and mirrors; psys replaces package + dram), so the host is the sum.
@@ -90,19 +98,20 @@ class Sampler:
                                      self._last_error[p.name]) for p in self.probes),
         )
 
-    def run(self) -> None:
-        """Sample every `interval` seconds until stop(); late samples are not bunched."""
-        deadline = time.monotonic()
-        while not self._stop.is_set():
+    def run(self, *, first_now: bool = True) -> None:
+        """Sample every `interval` seconds until stop(); late samples are not bunched.
+        `first_now=False` waits one interval first (the caller has just sampled)."""
+        deadline = time.monotonic() + (0.0 if first_now else self.interval)
+        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
             self.sample()
             deadline += self.interval
             now = time.monotonic()
             if deadline < now:  # fell behind (suspend, a slow probe): skip, don't catch up
                 deadline = now + self.interval
-            self._stop.wait(deadline - now)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="sampler", daemon=True)
+    def start(self, *, first_now: bool = True) -> None:
+        self._thread = threading.Thread(target=self.run, kwargs={"first_now": first_now},
+                                        name="sampler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

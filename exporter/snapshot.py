@@ -39,3 +39,4 @@ class Snapshot:
     intensity: Intensity
     pue: float
     probes: tuple[ProbeStatus, ...]
+    taken_monotonic: float = 0.0  # the same instant on the monotonic clock, for durations

@@ -145,3 +145,137 @@ def pushgateway(tmp: Path, *, port: int | None = None,
 
     with _running(args, tmp / "pushgateway.log", listening, "Pushgateway listening"):
         yield url
+
+
+class Chromium:
+    """A real headless Chromium, driven over the DevTools protocol on a pipe.
+
+    `--remote-debugging-pipe` makes Chromium read commands on fd 3 and write replies and
+    events on fd 4, each message a JSON object ended by NUL: no port, no websocket.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        import os
+        import queue
+        import threading
+
+        binary = require("chromium")
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+        # Above 9, so moving them to 3 and 4 can never overwrite one with the other.
+        to_chrome_r, from_chrome_w = (_high(to_chrome_r), _high(from_chrome_w))
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-extensions", "--hide-scrollbars", "--window-size=1200,900",
+                 f"--user-data-dir={tmp / 'chromium-profile'}", "--remote-debugging-pipe"]
+        # bash (dash takes one-digit fds only) moves the pipe ends to fd 3 and 4, then
+        # becomes Chromium.
+        self._log = open(tmp / "chromium.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', binary, *flags],
+            pass_fds=(to_chrome_r, from_chrome_w), stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=self._log)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._next = 0
+        self.events: list[dict[str, Any]] = []
+        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        import os
+
+        buf = b""
+        while True:
+            chunk = os.read(self._from_chrome, 1 << 16)
+            if not chunk:
+                self._inbox.put(None)
+                return
+            buf += chunk
+            while b"\0" in buf:
+                msg, buf = buf.split(b"\0", 1)
+                self._inbox.put(json.loads(msg))
+
+    def send(self, method: str, params: dict[str, Any] | None = None, *,
+             session: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """One command; its result. Events that arrive meanwhile go to `events`."""
+        import os
+
+        self._next += 1
+        msg: dict[str, Any] = {"id": self._next, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        while True:
+            reply = self._get(timeout, method)
+            if reply.get("id") == self._next:
+                if "error" in reply:
+                    raise AssertionError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def wait_event(self, method: str, timeout: float = 30.0) -> dict[str, Any]:
+        for e in self.events:
+            if e.get("method") == method:
+                return e
+        while True:
+            e = self._get(timeout, method)
+            if e.get("method") == method:
+                return e
+
+    def _get(self, timeout: float, what: str) -> dict[str, Any]:
+        import queue
+
+        try:
+            msg = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"Chromium did not answer {what} within {timeout}s") from None
+        if msg is None:
+            raise AssertionError("Chromium exited; see chromium.log")
+        if "method" in msg:
+            self.events.append(msg)
+        return msg
+
+    def open(self, url: str) -> str:
+        """A new tab showing `url`, loaded; its session id. Console, log, network and page
+        events are recorded from before the navigation starts."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"]
+        for domain in ("Runtime", "Log", "Network", "Page"):
+            self.send(f"{domain}.enable", session=session)
+        self.events.clear()
+        self.send("Page.navigate", {"url": url}, session=session)
+        self.wait_event("Page.loadEventFired")
+        return session
+
+    def close(self) -> None:
+        import contextlib
+        import os
+
+        with contextlib.suppress(Exception):
+            self.send("Browser.close", timeout=5)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        os.close(self._to_chrome)
+        self._log.close()
+
+
+def _high(fd: int) -> int:
+    import fcntl
+    import os
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+@contextlib.contextmanager
+def chromium(tmp: Path) -> Iterator[Chromium]:
+    browser = Chromium(tmp)
+    try:
+        yield browser
+    finally:
+        browser.close()
