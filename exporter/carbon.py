@@ -1,9 +1,9 @@
 """Carbon intensity: how many grams of CO2eq one kWh emits where the energy is spent.
 
-The sources here resolve once from configuration; `IntensitySource.current()` is asked
-once per sample, so a source whose value changes over time (a schedule here, a live grid
-API in exporter.providers) prices each interval at the intensity that held when it was
-spent.
+The sources resolve once from configuration; `IntensitySource.current()` is asked once
+per sample, so a source whose value changes over time (a schedule, exporter.schedule; a
+live grid API, exporter.providers) prices each interval at the intensity that held when
+it was spent.
 """
 
 from __future__ import annotations
@@ -157,7 +157,9 @@ def resolve(cfg: Carbon) -> IntensitySource:
     if cfg.schedule is not None:
         from exporter.schedule import Schedule
 
-        return Schedule(cfg.schedule, region=grid.code if grid else "schedule")
+        label = (grid.code if grid else f"{cloud.provider}/{cloud.code}" if cloud
+                 else "schedule")
+        return Schedule(cfg.schedule, region=label)
     if cfg.mix is not None:
         missing = sorted(set(cfg.mix) - set(cfg.source_intensities))
         if missing:

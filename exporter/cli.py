@@ -124,6 +124,10 @@ def probes(args: argparse.Namespace) -> int:
              else f"region {i.region}")
     print(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
           f"PUE {cfg.carbon.pue:g}")
+    if cfg.carbon.providers:
+        names = ", ".join(p.name or p.type for p in cfg.carbon.providers)
+        print(f"live providers: {names}; `serve` asks them, and uses the intensity above when "
+              "none has a fresh value")
     return 0
 
 

@@ -31,7 +31,7 @@ PROBE_NAMES = ("rapl", "nvml", "cpu_model", "ram_model")
 CLOUD_PROVIDERS = ("aws", "azure", "gcp")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
 PROVIDER_TYPES = ("electricitymaps", "watttime", "carbonintensity_uk", "http", "file")
-MAX_G_PER_KWH = 5000  # above any grid on Earth (pure lignite is about 1,200)
+MAX_G_PER_KWH = 5000  # well above any grid; a larger number is a unit mistake
 
 
 class ConfigError(Exception):

@@ -2,9 +2,10 @@
 
 The standard library's urllib is enough for one GET every few minutes; what it lacks (a
 deadline for the whole body, no redirects that would carry a token to another host, errors
-that say what to do) is the code below. Secrets are read where they are sent and appear in
-no message: errors name the environment variable or file, never its content, and URLs are
-shown without their query string.
+that say what to do) is the code below. urllib.request loads ssl and email, tens of
+milliseconds: it is imported by the first fetch, in a provider's thread, not at start-up.
+Secrets are read where they are sent and appear in no message: errors name the environment
+variable or file, never its content, and URLs are shown without their query string.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import json
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from functools import cache
 from typing import Any
 
 from exporter import __version__
@@ -98,17 +97,20 @@ def safe_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would resend our auth headers to wherever it points: refuse it."""
+@cache
+def _opener() -> Any:
+    import urllib.request
 
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
-                         headers: Any, newurl: str) -> None:
-        fp.close()
-        raise ProviderError(f"{safe_url(req.full_url)} redirects (HTTP {code}) to "
-                            f"{safe_url(newurl)}; configure the final address as url")
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """A redirect would resend our auth headers to wherever it points: refuse it."""
 
+        def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                             headers: Any, newurl: str) -> None:
+            fp.close()
+            raise ProviderError(f"{safe_url(req.full_url)} redirects (HTTP {code}) to "
+                                f"{safe_url(newurl)}; configure the final address as url")
 
-_opener = urllib.request.build_opener(_NoRedirect)
+    return urllib.request.build_opener(NoRedirect)
 
 
 def get_json(url: str, headers: dict[str, str], timeout: float) -> Any:
@@ -118,12 +120,16 @@ def get_json(url: str, headers: dict[str, str], timeout: float) -> Any:
     byte by byte would hold us forever; the body is therefore read in chunks against a
     deadline.
     """
+    import urllib.error
+    import urllib.request
+
     shown = safe_url(url)
+    opener = _opener()
     deadline = time.monotonic() + timeout
     req = urllib.request.Request(url, headers={
         "Accept": "application/json", "User-Agent": f"carbonmeter/{__version__}", **headers})
     try:
-        with _opener.open(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             body = _read(resp, deadline, shown, timeout)
     except urllib.error.HTTPError as e:
         retry_after = _retry_after(e.headers.get("Retry-After"))
@@ -178,6 +184,8 @@ def _retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return min(float(value), MAX_RETRY_AFTER)
+    from email.utils import parsedate_to_datetime
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -392,35 +392,29 @@ def test_a_scrape_during_a_hung_provider_returns_at_once(apis):
         server.server_close()
 
 
-def test_provider_config_errors_name_the_key(tmp_path):
-    def load(text: str) -> None:
-        path = tmp_path / "c.yaml"
-        path.write_text(text)
+@pytest.mark.parametrize(("providers", "error"), [
+    ("[{type: maps}]", r"c.yaml: carbon.providers\[0\].type: 'maps' is not one of "
+                       r"electricitymaps, watttime"),
+    ("[{type: carbonintensity_uk, zon: '13'}]",
+     r"carbon.providers\[0\]: unknown key 'zon'; did you mean 'zone'"),
+    ("[{zone: DE}]", r"carbon.providers\[0\]: missing key 'type'"),
+    ("[{type: electricitymaps, zone: DE}]",
+     r"type electricitymaps needs a secret: set secret_env"),
+    ("[{type: watttime, username: u, secret_env: X}]",
+     r"carbon.providers\[0\].zone: required for type watttime"),
+    ("[{type: file, path: /a, unit: g_per_kwh}, {type: file, path: /b, unit: g_per_kwh}]",
+     r"carbon.providers\[1\].name: 'file' is used twice"),
+    ("[{type: carbonintensity_uk, zone: 42}]",
+     r"providers\[0\].zone: '42' must be a region id from 1 to 17"),
+    ("[{type: carbonintensity_uk, timeout_seconds: 0}]",
+     r"providers\[0\].timeout_seconds: 0 is out of range"),
+    ("{type: file}", r"carbon.providers: must be a list"),
+])
+def test_provider_config_errors_name_the_key(tmp_path, providers, error):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"carbon:\n  providers: {providers}\n")
+    with pytest.raises(ConfigError, match=error):
         config.load(path, env={})
-
-    with pytest.raises(ConfigError, match=r"c.yaml: carbon.providers\[0\].type: 'maps' is not "
-                                          r"one of electricitymaps, watttime"):
-        load("carbon:\n  providers: [{type: maps}]\n")
-    with pytest.raises(ConfigError, match=r"carbon.providers\[0\]: unknown key 'zon'; did you "
-                                          r"mean 'zone'"):
-        load("carbon:\n  providers: [{type: carbonintensity_uk, zon: '13'}]\n")
-    with pytest.raises(ConfigError, match=r"carbon.providers\[0\]: missing key 'type'"):
-        load("carbon:\n  providers: [{zone: DE}]\n")
-    with pytest.raises(ConfigError, match=r"type electricitymaps needs a secret: set secret_env"):
-        load("carbon:\n  providers: [{type: electricitymaps, zone: DE}]\n")
-    with pytest.raises(ConfigError, match=r"carbon.providers\[0\].zone: required for type "
-                                          r"watttime"):
-        load("carbon:\n  providers: [{type: watttime, username: u, secret_env: X}]\n")
-    with pytest.raises(ConfigError, match=r"carbon.providers\[1\].name: 'file' is used twice"):
-        load("carbon:\n  providers: [{type: file, path: /a, unit: g_per_kwh},"
-             " {type: file, path: /b, unit: g_per_kwh}]\n")
-    with pytest.raises(ConfigError, match=r"providers\[0\].zone: '42' must be a region id from "
-                                          r"1 to 17"):
-        load("carbon:\n  providers: [{type: carbonintensity_uk, zone: 42}]\n")
-    with pytest.raises(ConfigError, match=r"providers\[0\].timeout_seconds: 0 is out of range"):
-        load("carbon:\n  providers: [{type: carbonintensity_uk, timeout_seconds: 0}]\n")
-    with pytest.raises(ConfigError, match=r"carbon.providers: must be a list"):
-        load("carbon:\n  providers: {type: file}\n")
 
 
 def test_no_provider_module_is_imported_without_providers():

@@ -170,3 +170,10 @@ def test_works_without_a_system_tz_database():
                          env={**os.environ, "PYTHONTZPATH": ""})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["10.0", "30.0"]
+
+
+def test_the_label_is_the_configured_grid_or_cloud_region():
+    cloud = {"provider": "aws", "region": "eu-west-3"}
+    s = carbon.resolve(config.load(env={}, overrides={
+        "carbon.schedule": {"timezone": "UTC", "hours": TENS}, "carbon.cloud": cloud}).carbon)
+    assert s.current().region == "aws/eu-west-3"
