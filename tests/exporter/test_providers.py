@@ -279,7 +279,6 @@ def test_file_provider_keeps_the_last_value_over_a_half_written_file(tmp_path):
 ])
 def test_failures_are_reported_bounded_and_keep_the_last_value(apis, reply, error, limit):
     p = em(apis, refresh_seconds=300)
-    p.timeout = 0.4
     p.fetcher.timeout = 0.4
     p.poll_once()
     apis.script(EM, reply)
@@ -366,7 +365,7 @@ def test_fallback_before_the_first_value_after_staleness_and_in_order(tmp_path, 
 def test_a_scrape_during_a_hung_provider_returns_at_once(apis):
     apis.script(EM, Reply(hang=True))
     p = em(apis)
-    p.timeout = p.fetcher.timeout = 30
+    p.fetcher.timeout = 30
     live = LiveSource([p], FALLBACK)
     sampler = Sampler([], live, pue=1.0, interval=3600, providers=live.statuses)
     server = make_server("127.0.0.1", free_port(), Renderer(lambda: sampler.latest),
@@ -381,7 +380,7 @@ def test_a_scrape_during_a_hung_provider_returns_at_once(apis):
         sampler.sample()
         status, _, body = http_get(f"http://127.0.0.1:{server.server_address[1]}/metrics")
         took = time.monotonic() - t0
-        assert status == 200 and took < 0.5, took
+        assert status == 200 and took < 2, took  # the provider's request hangs for 30 s
         text = body.decode()
         assert ('carbonmeter_carbon_intensity_grams_per_kilowatt_hour{provider="bundled",'
                 'region="FR"} 56.0') in text
