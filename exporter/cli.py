@@ -1,4 +1,4 @@
-"""The `carbonmeter` command: serve, run, report, probes, config check."""
+"""The `carbonmeter` command: serve, run, report, probes, regions, config check."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def serve(args: argparse.Namespace) -> int:
     cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval})
     _setup_logging(cfg.log.level)
     intensity = carbon.resolve(cfg.carbon)
+    pollers = []
+    if cfg.carbon.providers:  # urllib and ssl load only when a provider is configured
+        from exporter import providers
+
+        pollers = providers.build(cfg.carbon.providers, cfg.source)
     host, port = parse_listen(cfg.server.listen)
     probes, reports = discover(cfg)
     for r in reports:
@@ -56,14 +61,30 @@ def serve(args: argparse.Namespace) -> int:
     else:
         log.info("carbon intensity %g gCO2eq/kWh for %s (%s)", now.g_per_kwh, now.region,
                  now.source)
-    sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
-                      interval=cfg.sampler.interval_seconds)
+    live = None
+    if pollers:
+        from exporter.providers.live import LiveSource
+
+        live = LiveSource(pollers, intensity)
+        log.info("live intensity from %s; until one answers, and whenever all are older "
+                 "than their staleness_seconds: the intensity above",
+                 ", ".join(p.name for p in pollers))
+    embodied = None
+    if cfg.embodied.devices:
+        from exporter.embodied import Embodied
+
+        embodied = Embodied(cfg.embodied.devices)
+    sampler = Sampler(probes, live or intensity, pue=cfg.carbon.pue,
+                      interval=cfg.sampler.interval_seconds, embodied=embodied,
+                      providers=live.statuses if live else None)
     try:
         server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive)
     except OSError as e:
         log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
         sampler.stop()
         return 1
+    if live is not None:
+        live.start()
     sampler.start()
     log_writer = None
     emissions_log = open_log(cfg.emissions_log)
@@ -89,6 +110,8 @@ def serve(args: argparse.Namespace) -> int:
     stop.wait()
     server.shutdown()
     server.server_close()
+    if live is not None:
+        live.close()
     sampler.stop()
     for sink in sinks:
         sink.close()
@@ -164,6 +187,37 @@ def probes(args: argparse.Namespace) -> int:
              else f"region {i.region}")
     print(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
           f"PUE {cfg.carbon.pue:g}")
+    if cfg.carbon.providers:
+        names = ", ".join(p.name or p.type for p in cfg.carbon.providers)
+        print(f"live providers: {names}; `serve` asks them, and uses the intensity above when "
+              "none has a fresh value")
+    return 0
+
+
+def regions(args: argparse.Namespace) -> int:
+    from exporter import carbon
+
+    rows = carbon.regions()
+    if args.provider:
+        rows = tuple(r for r in rows if (r.provider or r.kind) == args.provider)
+    if args.search:
+        words = args.search.casefold().split()
+        rows = tuple(r for r in rows if all(
+            w in f"{r.code} {r.alpha3} {r.name} {r.kind} {r.provider}".casefold()
+            for w in words))
+    if not rows:
+        print("no region matches; `carbonmeter regions` lists them all", file=sys.stderr)
+        return 1
+    table = [(r.provider or r.kind, r.code, r.name[:44], f"{r.g_per_kwh:.1f}",
+              str(r.year or "-"), r.source) for r in rows]
+    head = ("provider", "code", "name", "gCO2eq/kWh", "year", "source")
+    widths = [max(len(row[i]) for row in [head, *table]) for i in range(5)]
+    for row in [head, *table]:
+        cells = zip(row[:5], widths, strict=True)
+        print("  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(cells))
+              + "  " + row[5])
+    print(f"\n{len(rows)} regions. Use as carbon.region (country, state, province, zone) "
+          "or carbon.cloud: {provider: P, region: CODE} (cloud).", file=sys.stderr)
     return 0
 
 
@@ -172,6 +226,10 @@ def config_check(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.file)
     carbon.resolve(cfg.carbon)  # an unknown region is a configuration error too
+    if cfg.carbon.providers:  # so are a missing secret and a bad json_path
+        from exporter import providers
+
+        providers.build(cfg.carbon.providers, cfg.source)
     sys.stdout.write(f"# {args.file}: valid; the effective configuration:\n")
     sys.stdout.write(config.dump(cfg))
     return 0
@@ -221,6 +279,16 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("probes", help="show what each probe found on this machine")
     s.add_argument("--config", metavar="FILE")
     s.set_defaults(func=probes)
+
+    s = sub.add_parser("regions", help="list the bundled regions with their intensity, "
+                       "source and year")
+    s.add_argument("--search", metavar="TEXT",
+                   help="only rows whose code, name or kind contain every word of TEXT")
+    s.add_argument("--provider", metavar="P", type=str.lower,
+                   choices=("aws", "azure", "gcp", "country", "state", "province", "zone"),
+                   help="aws, azure or gcp for cloud regions; country, state, province or "
+                   "zone for grid regions")
+    s.set_defaults(func=regions)
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
