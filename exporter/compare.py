@@ -30,8 +30,9 @@ def region_of(intensity: Intensity) -> Region | None:
     """
     if intensity.provider in ("config", "default"):
         return None
-    code = intensity.region.casefold()
-    rows = [r for r in regions() if r.code.casefold() == code]
+    provider, _, code = intensity.region.casefold().rpartition("/")  # "aws/eu-west-3"
+    rows = [r for r in regions() if r.code.casefold() == code
+            and (not provider or (r.kind == "cloud" and r.provider == provider))]
     if not rows:
         return None
     return max(rows, key=lambda r: (r.provider == intensity.provider,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import compare, units
+from exporter import carbon, compare, config, units
 from exporter.carbon import Intensity, Region, find_region
 from exporter.equivalents import FACTORS, describe, equivalents
 
@@ -84,6 +84,18 @@ def test_a_cloud_region_is_compared_with_its_providers_regions(monkeypatch):
         ("", "us-east4", 3800.0, -2700.0)]
     assert [e.region.code for e in compare.greenest(10.0, 1100.0, here)] == \
         ["europe-north1", "us-east4"]
+
+
+def test_a_configured_cloud_region_compares_with_its_provider():
+    """carbon.cloud as users write it, resolved through the bundled table."""
+    cfg = config.load(env={}, overrides={"carbon.cloud": {"provider": "aws",
+                                                          "region": "eu-west-3"}})
+    here = carbon.resolve(cfg.carbon).current()
+    row = compare.region_of(here)
+    assert (row.kind, row.provider, row.code) == ("cloud", "aws", "eu-west-3")
+    others = compare.greenest(1.0, here.g_per_kwh, here)
+    assert others and all(e.region.provider == "aws" for e in others)
+    assert [e.region.g_per_kwh for e in others] == sorted(e.region.g_per_kwh for e in others)
 
 
 def test_equivalents_arithmetic():
