@@ -241,7 +241,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         from exporter import __version__
 
-        parser.exit(message=f"carbonmeter {__version__}\n")
+        print(f"carbonmeter {__version__}")  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -58,17 +58,21 @@ def require(binary: str) -> str:
 
 @contextlib.contextmanager
 def prometheus(tmp: Path, targets: list[str], *, scrape_interval: str = "1s",
-               rule_files: list[Path] | None = None) -> Iterator[str]:
-    """A real Prometheus server scraping `targets` (host:port); yields its base URL."""
+               rule_files: list[Path] | None = None,
+               config: dict[str, Any] | None = None) -> Iterator[str]:
+    """A real Prometheus server scraping `targets` (host:port); yields its base URL.
+
+    `config`, when given, is the whole configuration instead (targets and rules ignored).
+    """
     binary = require("prometheus")
     port = free_port()
     cfg = tmp / "prometheus.yml"
     rules = "".join(f"  - {p}\n" for p in rule_files or [])
-    cfg.write_text(
+    cfg.write_text(json.dumps(config) if config is not None else (
         f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: 1s\n"
         + (f"rule_files:\n{rules}" if rules else "")
         + "scrape_configs:\n  - job_name: carbonmeter\n    static_configs:\n"
-        + f"      - targets: {json.dumps(targets)}\n")
+        + f"      - targets: {json.dumps(targets)}\n"))
     url = f"http://127.0.0.1:{port}"
     with _running([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                    f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
