@@ -1,8 +1,32 @@
-"""carbonmeter: the exporter process, its sinks, and the API for measuring code."""
+"""carbonmeter: the exporter process, its sinks, and the API for measuring code.
 
-try:
-    from importlib.metadata import version as _version
+`from exporter import track, track_emissions, EmissionsTracker` loads the API on first use,
+so `import exporter` itself stays cheap (nothing is imported until a name is asked for).
+"""
 
-    __version__ = _version("carbonmeter")
-except Exception:  # running from a checkout that was never installed
-    __version__ = "0.0.0+unknown"
+from __future__ import annotations
+
+from typing import Any
+
+_API = ("track", "track_emissions", "EmissionsTracker", "OfflineEmissionsTracker", "Tracker",
+        "Usage")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        try:
+            from importlib.metadata import version
+
+            value = version("carbonmeter")
+        except Exception:  # running from a checkout that was never installed
+            value = "0.0.0+unknown"
+        globals()[name] = value
+        return value
+    if name in _API:
+        from exporter import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'exporter' has no attribute {name!r}")

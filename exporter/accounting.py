@@ -92,6 +92,10 @@ class Accounting:
             tr.t = None
             tr.power = None
 
+    def integrates_power(self) -> bool:
+        """True when some device reports power, whose energy depends on how often it is read."""
+        return any(t.power is not None for t in self._tracks.values())
+
     def totals(self) -> tuple[DeviceTotal, ...]:
         return tuple(DeviceTotal(t.device, t.energy_j, t.emissions_g, t.power_w)
                      for t in self._tracks.values())

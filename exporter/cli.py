@@ -1,4 +1,4 @@
-"""The `carbonmeter` command: serve, probes, config check."""
+"""The `carbonmeter` command: serve, run, report, probes, regions, config check."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from exporter import __version__
 from exporter.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from exporter.snapshot import Snapshot
 
 log = logging.getLogger("carbonmeter")
 
@@ -30,11 +34,17 @@ def serve(args: argparse.Namespace) -> int:
     from exporter.config import parse_listen
     from exporter.discovery import discover
     from exporter.sampler import Sampler
+    from exporter.sinks.emissions_log import IntervalWriter, RowContext, new_run_id, open_log
     from exporter.sinks.prometheus import Renderer, make_server
 
     cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval})
     _setup_logging(cfg.log.level)
     intensity = carbon.resolve(cfg.carbon)
+    pollers = []
+    if cfg.carbon.providers:  # urllib and ssl load only when a provider is configured
+        from exporter import providers
+
+        pollers = providers.build(cfg.carbon.providers, cfg.source)
     host, port = parse_listen(cfg.server.listen)
     probes, reports = discover(cfg)
     for r in reports:
@@ -51,15 +61,40 @@ def serve(args: argparse.Namespace) -> int:
     else:
         log.info("carbon intensity %g gCO2eq/kWh for %s (%s)", now.g_per_kwh, now.region,
                  now.source)
-    sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
-                      interval=cfg.sampler.interval_seconds)
+    live = None
+    if pollers:
+        from exporter.providers.live import LiveSource
+
+        live = LiveSource(pollers, intensity)
+        log.info("live intensity from %s; until one answers, and whenever all are older "
+                 "than their staleness_seconds: the intensity above",
+                 ", ".join(p.name for p in pollers))
+    embodied = None
+    if cfg.embodied.devices:
+        from exporter.embodied import Embodied
+
+        embodied = Embodied(cfg.embodied.devices)
+    sampler = Sampler(probes, live or intensity, pue=cfg.carbon.pue,
+                      interval=cfg.sampler.interval_seconds, embodied=embodied,
+                      providers=live.statuses if live else None)
     try:
         server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive)
     except OSError as e:
         log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
         sampler.stop()
         return 1
+    if live is not None:
+        live.start()
     sampler.start()
+    log_writer = None
+    emissions_log = open_log(cfg.emissions_log)
+    if emissions_log is not None:
+        log_writer = IntervalWriter(emissions_log, lambda: sampler.latest,
+                                    cfg.sampler.interval_seconds,
+                                    RowContext(cfg.emissions_log.project_name, new_run_id()))
+        log_writer.start()
+        log.info("emissions log: one row per interval in %s (%s)", emissions_log.path,
+                 emissions_log.format)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -71,12 +106,63 @@ def serve(args: argparse.Namespace) -> int:
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("serving http://%s:%d/metrics every %gs", host, server.server_address[1],
              cfg.sampler.interval_seconds)
+    sinks = _start_sinks(cfg, lambda: sampler.latest)  # after: their imports take a while
     stop.wait()
     server.shutdown()
     server.server_close()
+    if live is not None:
+        live.close()
     sampler.stop()
+    for sink in sinks:
+        sink.close()
+    if log_writer is not None:
+        log_writer.stop()
     log.info("stopped")
     return 0
+
+
+def _start_sinks(cfg: Config, latest: Callable[[], Snapshot]) -> list[Any]:
+    """The push sinks configured; each has close(), which sends the final totals. One
+    that cannot start is reported and the exporter goes on without it."""
+    sinks: list[Any] = []
+    if cfg.otlp.enabled:
+        try:
+            from exporter.sinks import otlp
+
+            sinks.append(otlp.start(cfg.otlp, latest))
+        except Exception as e:
+            log.error("OTLP export not started: %s: %s", type(e).__name__, e)
+    if cfg.pushgateway.url is not None:
+        from exporter.sinks import pushgateway
+
+        sinks.append(pushgateway.start(cfg.pushgateway, latest, cfg.sampler.interval_seconds))
+    return sinks
+
+
+def run(args: argparse.Namespace) -> int:
+    from exporter.run import run as run_command
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("carbonmeter run: no command given; usage: carbonmeter run [--config FILE] "
+              "[--interval S] [--output FILE] [--json] -- CMD ARGS...", file=sys.stderr)
+        return 2
+    if args.interval is not None and not 0.01 <= args.interval <= 3600:
+        print(f"carbonmeter run: --interval {args.interval:g} is out of range from 0.01 to "
+              "3600 seconds", file=sys.stderr)
+        return 2
+    cfg = _load(args)
+    # The command's own output shares our stderr: say only what went wrong, and the summary.
+    _setup_logging("debug" if cfg.log.level == "debug" else "warning")
+    return run_command(cfg, command, interval=args.interval, output=args.output,
+                       as_json=args.json)
+
+
+def report(args: argparse.Namespace) -> int:
+    from exporter.report import main as report_main
+
+    _setup_logging("warning")
+    return report_main(args.file, html=args.html)
 
 
 def probes(args: argparse.Namespace) -> int:
@@ -101,6 +187,37 @@ def probes(args: argparse.Namespace) -> int:
              else f"region {i.region}")
     print(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
           f"PUE {cfg.carbon.pue:g}")
+    if cfg.carbon.providers:
+        names = ", ".join(p.name or p.type for p in cfg.carbon.providers)
+        print(f"live providers: {names}; `serve` asks them, and uses the intensity above when "
+              "none has a fresh value")
+    return 0
+
+
+def regions(args: argparse.Namespace) -> int:
+    from exporter import carbon
+
+    rows = carbon.regions()
+    if args.provider:
+        rows = tuple(r for r in rows if (r.provider or r.kind) == args.provider)
+    if args.search:
+        words = args.search.casefold().split()
+        rows = tuple(r for r in rows if all(
+            w in f"{r.code} {r.alpha3} {r.name} {r.kind} {r.provider}".casefold()
+            for w in words))
+    if not rows:
+        print("no region matches; `carbonmeter regions` lists them all", file=sys.stderr)
+        return 1
+    table = [(r.provider or r.kind, r.code, r.name[:44], f"{r.g_per_kwh:.1f}",
+              str(r.year or "-"), r.source) for r in rows]
+    head = ("provider", "code", "name", "gCO2eq/kWh", "year", "source")
+    widths = [max(len(row[i]) for row in [head, *table]) for i in range(5)]
+    for row in [head, *table]:
+        cells = zip(row[:5], widths, strict=True)
+        print("  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(cells))
+              + "  " + row[5])
+    print(f"\n{len(rows)} regions. Use as carbon.region (country, state, province, zone) "
+          "or carbon.cloud: {provider: P, region: CODE} (cloud).", file=sys.stderr)
     return 0
 
 
@@ -109,16 +226,30 @@ def config_check(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.file)
     carbon.resolve(cfg.carbon)  # an unknown region is a configuration error too
+    if cfg.carbon.providers:  # so are a missing secret and a bad json_path
+        from exporter import providers
+
+        providers.build(cfg.carbon.providers, cfg.source)
     sys.stdout.write(f"# {args.file}: valid; the effective configuration:\n")
     sys.stdout.write(config.dump(cfg))
     return 0
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (reading package metadata costs 30 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from exporter import __version__
+
+        print(f"carbonmeter {__version__}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carbonmeter", description="Measure the energy computers spend and the CO2eq "
-        "it emits; export it to Prometheus.")
-    p.add_argument("--version", action="version", version=f"carbonmeter {__version__}")
+        "it emits; export it to Prometheus, OTLP and a Pushgateway.")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the exporter")
@@ -128,9 +259,37 @@ def parser() -> argparse.ArgumentParser:
                    help="sampling interval, 0.1 and up (default 15)")
     s.set_defaults(func=serve)
 
+    s = sub.add_parser("run", help="run a command and print the energy and CO2eq it cost",
+                       description="Run CMD as `time` does and print, on stderr, the energy "
+                       "and CO2eq spent while it ran (the whole machine's).")
+    s.add_argument("--config", metavar="FILE", help="YAML configuration (default: built in)")
+    s.add_argument("--interval", metavar="SECONDS", type=float,
+                   help="how often power sources are read while CMD runs (default 1); "
+                   "energy counters are read at start and end")
+    s.add_argument("--output", metavar="FILE", help="write the summary to FILE, not stderr")
+    s.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    s.set_defaults(func=run)
+
+    s = sub.add_parser("report", help="summarise an emissions log: totals, regions, "
+                       "equivalents; --html for a page with charts")
+    s.add_argument("file", metavar="FILE", help="an emissions log (CSV or JSON Lines)")
+    s.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
+    s.set_defaults(func=report)
+
     s = sub.add_parser("probes", help="show what each probe found on this machine")
     s.add_argument("--config", metavar="FILE")
     s.set_defaults(func=probes)
+
+    s = sub.add_parser("regions", help="list the bundled regions with their intensity, "
+                       "source and year")
+    s.add_argument("--search", metavar="TEXT",
+                   help="only rows whose code, name or kind contain every word of TEXT")
+    s.add_argument("--provider", metavar="P", type=str.lower,
+                   choices=("aws", "azure", "gcp", "country", "state", "province", "zone"),
+                   help="aws, azure or gcp for cloud regions; country, state, province or "
+                   "zone for grid regions")
+    s.set_defaults(func=regions)
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")

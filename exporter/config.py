@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from exporter.units import UNITS
+
 ENV_PREFIX = "CARBONMETER_"
 MAX_FILE_BYTES = 1 << 20  # a configuration is a page of YAML, not a megabyte
 MIX_SOURCES = (
@@ -26,6 +29,13 @@ MIX_SOURCES = (
     "geothermal", "other",
 )  # fmt: skip
 PROBE_NAMES = ("rapl", "nvml", "cpu_model", "ram_model")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+TEMPORALITIES = ("cumulative", "delta")
+SECRET = "<hidden>"  # what `config check` prints for passwords and header values
+CLOUD_PROVIDERS = ("aws", "azure", "gcp")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
+PROVIDER_TYPES = ("electricitymaps", "watttime", "carbonintensity_uk", "http", "file")
+MAX_G_PER_KWH = 5000  # well above any grid; a larger number is a unit mistake
 
 
 class ConfigError(Exception):
@@ -83,12 +93,108 @@ class Ram:
 
 
 @dataclass(frozen=True)
+class Cloud:
+    """A cloud provider's region, priced at its bundled figure."""
+
+    provider: str = field(**_limits(choices=CLOUD_PROVIDERS))
+    region: str = field(**_limits())
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An hour-of-day profile in a named time zone (operators publish these per site)."""
+
+    timezone: str = field(**_limits(check="timezone"))
+    hours: list[float] = field(**_limits(length=24, min=0, max=MAX_G_PER_KWH))
+    days: dict[str, list[float]] | None = field(
+        default=None, **_limits(keys=WEEKDAYS, length=24, min=0, max=MAX_G_PER_KWH))
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One live intensity source. Which keys a type needs is checked in _check_provider."""
+
+    type: str = field(**_limits(choices=PROVIDER_TYPES))
+    name: str | None = None  # the `provider` label; default: the type
+    zone: str | None = None
+    url: str | None = None
+    json_path: str | None = None
+    unit: str | None = field(default=None, **_limits(choices=UNITS))
+    path: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    username: str | None = None
+    secret_env: str | None = None
+    secret_file: str | None = None
+    refresh_seconds: float | None = field(default=None, **_limits(min=0.05, max=86_400))
+    timeout_seconds: float = field(default=10.0, **_limits(min=0.05, max=300))
+    staleness_seconds: float = field(default=3600.0, **_limits(min=0.1, max=30 * 86_400))
+
+
+@dataclass(frozen=True)
 class Carbon:
     region: str | None
-    intensity_g_per_kwh: float | None = field(**_limits(min=0, max=5000))
+    cloud: Cloud | None
+    intensity_g_per_kwh: float | None = field(**_limits(min=0, max=MAX_G_PER_KWH))
+    schedule: Schedule | None
     mix: dict[str, float] | None = field(**_limits(keys=MIX_SOURCES, min=0))
-    source_intensities: dict[str, float] = field(**_limits(keys=MIX_SOURCES, min=0, max=5000))
+    source_intensities: dict[str, float] = field(
+        **_limits(keys=MIX_SOURCES, min=0, max=MAX_G_PER_KWH))
+    providers: list[Provider]
     pue: float = field(**_limits(min=1.0, max=10.0))
+
+
+@dataclass(frozen=True)
+class Otlp:
+    """Resolved by `exporter.otel_env`: every None left in the file is filled from the
+    standard OTEL_* variables or a default, so the sink gets concrete settings."""
+
+    enabled: bool
+    endpoint: str = field(**_limits(check="url"))
+    protocol: str = field(**_limits(choices=OTLP_PROTOCOLS))
+    headers: dict[str, str] = field(**_limits(secret=True))
+    insecure: bool
+    certificate: str | None = field(**_limits(check="file"))
+    client_certificate: str | None = field(**_limits(check="file"))
+    client_key: str | None = field(**_limits(check="file"))
+    interval_seconds: float = field(**_limits(min=0.1, max=3600))
+    temporality: str = field(**_limits(choices=TEMPORALITIES))
+    timeout_seconds: float = field(**_limits(min=0.1, max=600))
+
+
+@dataclass(frozen=True)
+class Pushgateway:
+    url: str | None = field(**_limits(check="url"))
+    job: str
+    instance: str | None
+    grouping: dict[str, str] = field(**_limits(check="label_name"))
+    interval_seconds: float | None = field(**_limits(min=0.1, max=3600))
+    username: str | None
+    password: str | None = field(**_limits(secret=True))
+    certificate: str | None = field(**_limits(check="file"))
+    client_certificate: str | None = field(**_limits(check="file"))
+    client_key: str | None = field(**_limits(check="file"))
+    timeout_seconds: float = field(**_limits(min=0.1, max=600))
+    delete_on_exit: bool
+
+
+@dataclass(frozen=True)
+class EmissionsLog:
+    path: str | None
+    format: str = field(**_limits(choices=("csv", "jsonl")))
+    project_name: str
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What making one piece of hardware emitted, spread over the years it serves."""
+
+    kg_co2eq: float = field(**_limits(min=0, max=1_000_000))
+    lifetime_years: float = field(**_limits(min=0.01, max=100))
+
+
+@dataclass(frozen=True)
+class Embodied:
+    devices: dict[str, Hardware]
 
 
 @dataclass(frozen=True)
@@ -103,6 +209,10 @@ class Config:
     cpu: Cpu
     ram: Ram
     carbon: Carbon
+    otlp: Otlp
+    pushgateway: Pushgateway
+    emissions_log: EmissionsLog
+    embodied: Embodied
     source: str = "built-in defaults"  # where it came from, for messages
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,6 +240,9 @@ def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, st
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".")
         data[section][key] = value
+    from exporter import otel_env
+
+    otel_env.resolve(data, env, origin)
     return _build(data, origin)
 
 
@@ -216,9 +329,61 @@ def _build(data: dict[str, Any], origin: str) -> Config:
                                     hints[f.name], f.metadata)
         built[name] = cls(**values)
     cfg = Config(**built, source=origin)
-    if cfg.carbon.mix is not None and sum(cfg.carbon.mix.values()) <= 0:
+    c = cfg.carbon
+    if c.mix is not None and sum(c.mix.values()) <= 0:
         raise ConfigError(f"{origin}: carbon.mix: shares must add up to more than 0")
+    for name in ("otlp", "pushgateway"):
+        section = getattr(cfg, name)
+        if (section.client_certificate is None) != (section.client_key is None):
+            raise ConfigError(f"{origin}: {name}.client_certificate and {name}.client_key "
+                              "go together: set both for client TLS, or neither")
+    p = cfg.pushgateway
+    if (p.username is None) != (p.password is None):
+        raise ConfigError(f"{origin}: pushgateway.username and pushgateway.password go "
+                          "together: set both for basic auth, or neither")
+    if "job" in p.grouping:
+        raise ConfigError(f"{origin}: pushgateway.grouping: 'job' is set by pushgateway.job")
+    if c.region is not None and c.cloud is not None:
+        raise ConfigError(f"{origin}: carbon.region and carbon.cloud are both set; keep one "
+                          "(carbon.cloud for a cloud region, carbon.region for a grid)")
+    names: set[str] = set()
+    for i, p in enumerate(c.providers):
+        where = f"{origin}: carbon.providers[{i}]"
+        _check_provider(where, p)
+        name = p.name or p.type
+        if name in names:
+            raise ConfigError(f"{where}.name: '{name}' is used twice; give each provider its "
+                              "own name")
+        names.add(name)
     return cfg
+
+
+# Keys each provider type needs; the rest of Provider's keys are optional for every type.
+PROVIDER_NEEDS = {
+    "electricitymaps": ("zone", "secret"),
+    "watttime": ("zone", "username", "secret"),
+    "carbonintensity_uk": (),
+    "http": ("url", "json_path", "unit"),
+    "file": ("path", "unit"),
+}
+
+
+def _check_provider(where: str, p: Provider) -> None:
+    if p.secret_env is not None and p.secret_file is not None:
+        raise ConfigError(f"{where}: secret_env and secret_file are both set; keep one")
+    for key in PROVIDER_NEEDS[p.type]:
+        if key == "secret":
+            if p.secret_env is None and p.secret_file is None:
+                raise ConfigError(f"{where}: type {p.type} needs a secret: set secret_env (the "
+                                  "name of an environment variable) or secret_file (a path)")
+        elif getattr(p, key) is None:
+            allowed = f" (one of {', '.join(UNITS)})" if key == "unit" else ""
+            raise ConfigError(f"{where}.{key}: required for type {p.type}{allowed}")
+    zone = p.zone or ""
+    if p.type == "carbonintensity_uk" and p.zone is not None and not (
+            1 <= int(zone) <= 17 if zone.isdigit() else zone.isalnum()):
+        raise ConfigError(f"{where}.zone: '{p.zone}' must be a region id from 1 to 17 or the "
+                          "outward part of a postcode (RG10); empty for Great Britain")
 
 
 def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) -> Any:
@@ -231,28 +396,35 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
             return None
         hint = next(a for a in args if a is not type(None))
     origin = typing.get_origin(hint) or hint
+    if dataclasses.is_dataclass(hint):
+        return _check_mapping(where, value, hint)
     if origin is list:
+        (item,) = typing.get_args(hint) or (str,)
         if value is None:
             value = []
-        if isinstance(value, (str, int)):
+        if item is str and isinstance(value, (str, int)):
             value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: must be a list, got {_show(value)}")
-        items = [str(v) for v in value]
-        allowed = meta.get("choices")
-        for v in items:
-            if allowed and v not in allowed:
-                raise ConfigError(f"{where}: '{v}' is not one of {', '.join(allowed)}")
-        return items
+        if "length" in meta and len(value) != meta["length"]:
+            raise ConfigError(f"{where}: must be a list of {meta['length']} values, "
+                              f"got {len(value)}")
+        return [_check(f"{where}[{i}]", v, item, meta) for i, v in enumerate(value)]
     if origin is dict:
+        if value is None:
+            value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a mapping, got {_show(value)}")
         keys = meta.get("keys", ())
+        item_type = typing.get_args(hint)[1]
         out = {}
         for k, v in value.items():
             if keys and k not in keys:
                 raise _unknown(where, str(k), keys)
-            out[str(k)] = _check(f"{where}.{k}", v, float, meta)
+            if meta.get("check") == "label_name" and not LABEL_NAME.fullmatch(str(k)):
+                raise ConfigError(f"{where}: '{k}' is not a Prometheus label name "
+                                  "([a-zA-Z_][a-zA-Z0-9_]*)")
+            out[str(k)] = _check(f"{where}.{k}", v, item_type, {**meta, "check": None})
         return out
     if hint is bool:
         if not isinstance(value, bool):
@@ -272,10 +444,49 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
         value = str(value)
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{where}: '{value}' is not one of {', '.join(meta['choices'])}")
-        if meta.get("check") == "listen":
+        check = meta.get("check")
+        if check == "listen":
             parse_listen(value, where)
+        elif check == "url":
+            check_url(value, where)
+        elif check == "file" and not Path(value).is_file():
+            raise ConfigError(f"{where}: '{value}' is not a readable file")
+        elif check == "timezone":
+            _check_timezone(value, where)
         return value
     raise TypeError(f"no check for {hint!r}")  # a programming error, caught by the tests
+
+
+def _check_mapping(where: str, value: Any, cls: type) -> Any:
+    """A nested mapping (carbon.cloud, each of carbon.providers) into its frozen dataclass."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a mapping of keys, got {_show(value)}")
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    for key in value:
+        if key not in names:
+            raise _unknown(where, str(key), names)
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields:
+        if f.name in value:
+            out[f.name] = _check(f"{where}.{f.name}", value[f.name], hints[f.name], f.metadata)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required = [g.name for g in fields if g.default is dataclasses.MISSING
+                        and g.default_factory is dataclasses.MISSING]
+            raise ConfigError(f"{where}: missing key '{f.name}' (required: "
+                              f"{', '.join(required)})")
+    return cls(**out)
+
+
+def _check_timezone(name: str, where: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: unknown time zone '{name}'; use an IANA tz database name "
+                          "such as Europe/Paris or America/New_York") from None
 
 
 def _range(meta: typing.Mapping[str, Any]) -> str:
@@ -290,6 +501,24 @@ def _show(value: Any) -> str:
     return (text[:40] + "…" if len(text) > 40 else text) + f" ({type(value).__name__})"
 
 
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def check_url(value: str, where: str) -> None:
+    """An http:// or https:// URL with a host, as the OTLP and Pushgateway clients need."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
+              and (parts.port or 0) >= 0)  # .port raises ValueError when not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}: '{value}' must be a URL http://HOST:PORT or "
+                          "https://HOST:PORT (optionally with a path)")
+
+
 def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:
     """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port)."""
     host, sep, port = value.rpartition(":")
@@ -301,5 +530,13 @@ def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:
 
 
 def dump(cfg: Config) -> str:
-    """The effective configuration as YAML, as `config check` prints it."""
-    return yaml.safe_dump(cfg.as_dict(), sort_keys=False)
+    """The effective configuration as YAML, as `config check` prints it; secrets (a
+    password, header values that carry API keys) are replaced by a placeholder."""
+    data = cfg.as_dict()
+    for name, cls in _sections().items():
+        for f in dataclasses.fields(cls):
+            value = data[name][f.name]
+            if f.metadata.get("secret") and value:
+                data[name][f.name] = ({k: SECRET for k in value} if isinstance(value, dict)
+                                      else SECRET)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from exporter.accounting import Accounting
-from exporter.carbon import IntensitySource
-from exporter.snapshot import ProbeStatus, Snapshot
+from exporter.carbon import Intensity, IntensitySource
+from exporter.embodied import Embodied
+from exporter.snapshot import ProbeStatus, ProviderStatus, Snapshot
 from probes.base import Probe
 
 log = logging.getLogger(__name__)
@@ -21,10 +23,13 @@ log = logging.getLogger(__name__)
 
 class Sampler:
     def __init__(self, probes: list[Probe], intensity: IntensitySource, *, pue: float,
-                 interval: float) -> None:
+                 interval: float, embodied: Embodied | None = None,
+                 providers: Callable[[], tuple[ProviderStatus, ...]] | None = None) -> None:
         self.probes = probes
         self.intensity = intensity
         self.interval = interval
+        self.embodied = embodied
+        self.providers = providers  # live providers' status; reading it never waits
         self.accounting = Accounting(pue)
         self._errors = {p.name: 0 for p in probes}
         self._last_error = {p.name: "" for p in probes}
@@ -32,13 +37,20 @@ class Sampler:
         self._seen: set[str] = set()
         self._seq = 0
         self._stop = threading.Event()
+        # sample() may also be called from outside the loop (`carbonmeter run`, the API
+        # reading at a task boundary): one sample at a time keeps the accounting whole.
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # when the loop last finished a sample
-        self.latest: Snapshot = self._publish()
+        self.latest: Snapshot = self._publish(intensity.current())
 
     def sample(self) -> Snapshot:
         """Read every probe once and publish the new totals."""
-        intensity = self.intensity.current()
+        with self._lock:
+            return self._sample()
+
+    def _sample(self) -> Snapshot:
+        intensity = self.intensity.current()  # one value prices this whole interval
         read_now: set[str] = set()
         for probe in self.probes:
             try:
@@ -60,7 +72,9 @@ class Sampler:
         for device_id in self._seen - read_now:
             self.accounting.lost(device_id)
         self._seen = read_now
-        self.latest = self._publish()
+        if self.embodied is not None:
+            self.embodied.advance(time.monotonic())
+        self.latest = self._publish(intensity)
         self.heartbeat = time.monotonic()
         return self.latest
 
@@ -71,38 +85,42 @@ class Sampler:
         self._last_error[name] = message
         self._up[name] = up
 
-    def _publish(self) -> Snapshot:
+    def _publish(self, intensity: Intensity) -> Snapshot:
         totals = self.accounting.totals()
         self._seq += 1
         powers = [d.power_w for d in totals if d.power_w is not None]
         return Snapshot(
             seq=self._seq,
             taken_unix=time.time(),
+            taken_monotonic=time.monotonic(),
             devices=totals,
             # Every device the probes export is disjoint from the others (RAPL drops
             # subzones and mirrors; psys replaces package + dram), so the host is the sum.
             host_energy_j=sum(d.energy_j for d in totals),
             host_power_w=sum(powers) if powers else None,
             host_emissions_g=sum(d.emissions_g for d in totals),
-            intensity=self.intensity.current(),
+            intensity=intensity,
             pue=self.accounting.pue,
             probes=tuple(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
                                      self._last_error[p.name]) for p in self.probes),
+            providers=self.providers() if self.providers is not None else (),
+            embodied=self.embodied.totals() if self.embodied is not None else (),
         )
 
-    def run(self) -> None:
-        """Sample every `interval` seconds until stop(); late samples are not bunched."""
-        deadline = time.monotonic()
-        while not self._stop.is_set():
+    def run(self, *, first_now: bool = True) -> None:
+        """Sample every `interval` seconds until stop(); late samples are not bunched.
+        `first_now=False` waits one interval first (the caller has just sampled)."""
+        deadline = time.monotonic() + (0.0 if first_now else self.interval)
+        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
             self.sample()
             deadline += self.interval
             now = time.monotonic()
             if deadline < now:  # fell behind (suspend, a slow probe): skip, don't catch up
                 deadline = now + self.interval
-            self._stop.wait(deadline - now)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="sampler", daemon=True)
+    def start(self, *, first_now: bool = True) -> None:
+        self._thread = threading.Thread(target=self.run, kwargs={"first_now": first_now},
+                                        name="sampler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

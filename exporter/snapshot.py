@@ -29,6 +29,24 @@ class ProbeStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """A live intensity provider as its last fetch left it."""
+
+    name: str
+    up: bool  # the last fetch succeeded
+    errors_total: int
+    value: Intensity | None  # the last good value; None before the first
+    age_seconds: float | None  # how old `value` is
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbodiedTotal:
+    device: str  # the name configured under embodied.devices
+    grams: float  # embodied CO2eq accrued while the exporter ran
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     seq: int  # increases with every sample; lets readers cache what they render
     taken_unix: float
@@ -39,3 +57,6 @@ class Snapshot:
     intensity: Intensity
     pue: float
     probes: tuple[ProbeStatus, ...]
+    taken_monotonic: float = 0.0  # the same instant on the monotonic clock, for durations
+    providers: tuple[ProviderStatus, ...] = ()
+    embodied: tuple[EmbodiedTotal, ...] = ()

@@ -35,6 +35,9 @@ class Device:
     # model over /proc/stat deltas), integrated as a rectangle; False when it is an
     # instantaneous sample (NVML, hwmon), integrated as a trapezoid.
     mean_power: bool = False
+    # An identity the hardware itself carries, unique beyond this host (an NVIDIA GPU's
+    # UUID), so a device can be followed across hosts and renumbering; "" when it has none.
+    uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)

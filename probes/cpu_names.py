@@ -134,9 +134,17 @@ def lookup_tdp(model_name: str, table: dict[str, float]) -> tuple[float, str] | 
     if key in table:
         return table[key], key
     name_tokens = model_tokens(key)
+    # A key qualifies only with a model-number token, and all its tokens must be in the
+    # name: so it shares one of the name's model numbers. Testing that first, as a plain
+    # substring, skips almost the whole table (start-up of `serve`, `run` and `track()`).
+    numbers = [t for t in name_tokens if _is_model_number(t)]
+    if not numbers:
+        return None
     versions = {t for t in name_tokens if _VERSION.fullmatch(t)}
     best: tuple[int, int, str] | None = None
     for candidate in table:
+        if not any(n in candidate for n in numbers):
+            continue
         tokens = model_tokens(candidate)
         if not any(_is_model_number(t) for t in tokens):
             continue

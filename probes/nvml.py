@@ -129,9 +129,9 @@ class NvmlProbe:
 
     `nvml` is the pynvml module to use (tests pass a fake); None imports pynvml.
 
-    After construction: `uuids` maps device id to GPU UUID (OTLP's hw.id), `modes` maps device
-    id to MODE_COUNTER or MODE_POWER, `skipped` maps the id of each selected GPU that cannot
-    be read to the reason.
+    After construction: `uuids` maps device id to GPU UUID (also each Device's `uid`), `modes`
+    maps device id to MODE_COUNTER or MODE_POWER, `skipped` maps the id of each selected GPU
+    that cannot be read to the reason.
     """
 
     name = "nvml"
@@ -185,7 +185,7 @@ class NvmlProbe:
             mode = self._detect_mode(gpu)
             if mode is None:
                 continue
-            device = Device(id=gpu.id, kind="gpu", source="nvml", name=gpu.name)
+            device = Device(id=gpu.id, kind="gpu", source="nvml", name=gpu.name, uid=gpu.uuid)
             self.uuids[device.id] = gpu.uuid
             self.modes[device.id] = mode
             self._active.append((device, gpu.handle, gpu.uuid, mode == MODE_COUNTER))

@@ -15,12 +15,20 @@ Usage, from the repository root:
 Reads (from --data):
     global_energy_mix.json  countries by ISO alpha-3: generation by source (TWh), the published
                             average carbon intensity (gCO2eq/kWh) and its year (OWID, CC BY 4.0)
+    usa_emissions.json      US states: eGRID2016 CO2 output emission rate, lb/MWh (US EPA)
+    canada_energy_mix.json  Canadian provinces: percent of generation by source, 2023 (CER)
+    carbon_intensity_per_source.json  lifecycle gCO2eq/kWh per source, for the provinces' mix
+    nordic_emissions.json   Nordic bidding zones: gCO2eq/kWh and year (from ENTSO-E data)
+    cloud_regions.csv       AWS, Azure and Google Cloud regions, gCO2eq/kWh, as Cloud Carbon
+                            Footprint uses them, with each figure's source
+    impact.csv              Google Cloud regions: Google's published grid intensity, gCO2eq/kWh
     cpu_power.csv           CPU model name -> TDP in watts (Intel ARK, AMD product pages)
 
 Writes (into --out, default config/ beside this folder):
-    regions.csv   one row per country: ISO alpha-2 `code`, `alpha3`, `name`, `kind`=country,
-                  `provider` (empty for countries), `intensity_g_per_kwh` (1 decimal), `year`,
-                  `source`, generation shares (fractions of total_twh, 4 decimals) and `total_twh`
+    regions.csv   one row per region: `code`, `alpha3`, `name`, `kind` (country, state,
+                  province, zone, cloud), `provider` (empty except for cloud rows),
+                  `intensity_g_per_kwh` (1 decimal), `year`, `source`, generation shares
+                  (fractions, 4 decimals) and `total_twh`; (provider, code) is unique
     cpu_tdp.csv   `model` (probes.cpu_names.normalise_cpu_model of the name), `tdp_watts`, `name`
 
 Both files start with `#` lines citing the source and licence; readers skip them. Output is
@@ -108,9 +116,30 @@ REGIONS_HEADER = """\
 #   CC BY 4.0, https://creativecommons.org/licenses/by/4.0/ ; figures as compiled in the CodeCarbon
 #   project's global_energy_mix.json. Changes: ISO alpha-2 codes added, generation turned into
 #   shares, numbers rounded. The year of each figure is in the `year` column.
-# Units: intensity_g_per_kwh in gCO2eq per kWh generated, as published; coal..other_renewable are
-#   fractions of total_twh (electricity generation, TWh).
-# Key: (provider, code). Countries: ISO 3166-1 alpha-2 code, provider empty.
+# US states (kind=state): US EPA eGRID2016, state annual CO2 output emission rate (data year 2016),
+#   https://www.epa.gov/egrid , public domain; as compiled in CodeCarbon's usa_emissions.json.
+#   CO2 only (not CO2eq): eGRID's rate counts CO2 alone. Converted from lb/MWh: x 0.45359237
+#   (1 lb = 0.45359237 kg, and kg/MWh = g/kWh). Codes: ISO 3166-2:US (US-CA).
+# Canadian provinces and territories (kind=province): Canada Energy Regulator, Canada's Energy
+#   Future / provincial energy profiles, share of generation by source, 2023; as compiled in
+#   CodeCarbon's canada_energy_mix.json. Intensity computed here: sum(share x lifecycle factor) /
+#   sum(shares), factors in gCO2eq/kWh: coal 995, petroleum 816, natural gas 743 (the
+#   energy-usage project, after US EPA eGRID); nuclear 29, hydro 26, wind 26, solar 48 (World
+#   Nuclear Association, lifecycle comparison, 2011); biomass 230 (IPCC AR5 WG3 Annex III,
+#   2014, median). Tidal and other have no factor and are 0 % everywhere. Petroleum is listed
+#   as oil, tidal as other_renewable. Codes: ISO 3166-2:CA (CA-QC).
+# Nordic bidding zones (kind=zone): historical averages from ENTSO-E data, as compiled in
+#   CodeCarbon's nordic_emissions.json (SE1-SE4, NO1-NO5; year per row). Finland is one bidding
+#   zone, the whole country: its country row FI covers it. Codes: the Nord Pool zone names.
+# Cloud regions (kind=cloud, provider aws, azure or gcp; code: the provider's region name):
+#   gcp: Google Cloud region carbon data, grid carbon intensity, 2023,
+#   https://cloud.google.com/sustainability/region-carbon (CodeCarbon's impact.csv; the region
+#   me-central1, misspelt there, is corrected). aws, azure, and gcp us-central2: the factors Cloud
+#   Carbon Footprint uses (Apache-2.0, commit b7a049c), each with the source CCF names for it;
+#   the year is given where that source states one.
+# Units: intensity_g_per_kwh in gCO2eq per kWh generated (gCO2 per kWh for US states), 1 decimal;
+#   coal..other_renewable are fractions of generation, 4 decimals; total_twh in TWh.
+# Key: (provider, code); provider is empty except for cloud rows.
 """
 
 CPU_HEADER = """\
@@ -172,8 +201,8 @@ def _other_renewable_twh(entry: dict[str, Any]) -> float | None:
     return max(incl - (bio or 0.0), 0.0)
 
 
-def derive_regions(energy_mix: dict[str, dict[str, Any]], report: Report) -> str:
-    """regions.csv text from the parsed global_energy_mix.json."""
+def derive_countries(energy_mix: dict[str, dict[str, Any]], report: Report) -> list[dict[str, str]]:
+    """Country rows from the parsed global_energy_mix.json."""
     rows: list[dict[str, str]] = []
     no_intensity: list[str] = []
     not_country: list[str] = []
@@ -212,9 +241,184 @@ def derive_regions(energy_mix: dict[str, dict[str, Any]], report: Report) -> str
     if dupes:
         raise SystemExit(f"regions: alpha-2 codes not unique: {', '.join(dupes)}")
     rows.sort(key=lambda r: r["code"])
-    report.add(f"regions.csv: {len(energy_mix)} entries read, {len(rows)} countries written")
+    report.add(f"  countries: {len(energy_mix)} entries read, {len(rows)} written")
     report.add(f"  skipped, no carbon_intensity: {len(no_intensity)} {no_intensity}")
     report.add(f"  skipped, not an ISO country (aggregates): {len(not_country)} {not_country}")
+    return rows
+
+
+LB_TO_KG = 0.45359237  # exact, by the international yard and pound agreement (1959)
+EGRID_SOURCE = ("US EPA eGRID2016 state CO2 output emission rate (CO2 only, not CO2eq), "
+                "lb/MWh x 0.45359237")
+
+
+def _title(name: str) -> str:
+    """'district of columbia' -> 'District of Columbia': the sources spell names in lower case."""
+    small = {"of", "and"}
+    return " ".join(w if w in small else w.capitalize() for w in name.split())
+
+
+def derive_states(usa: dict[str, dict[str, Any]], report: Report) -> list[dict[str, str]]:
+    """US state rows from usa_emissions.json (eGRID2016, lb CO2/MWh)."""
+    unit = usa.get("_unit", {}).get("emissions")
+    if unit != "lbs/MWh":
+        raise SystemExit(f"usa_emissions.json: expected emissions in lbs/MWh, found {unit!r}")
+    rows, skipped = [], []
+    for name, entry in usa.items():
+        code = str(entry.get("regionCode", ""))
+        if name == "_unit" or not re.fullmatch(r"[A-Z]{2}", code):
+            skipped.append(name)  # the unit line and the national average ("usa")
+            continue
+        rows.append(_row(code=f"US-{code}", name=_title(name), kind="state",
+                         intensity=float(entry["emissions"]) * LB_TO_KG, year="2016",
+                         source=EGRID_SOURCE))
+    report.add(f"  US states: {len(rows)} written; skipped {skipped} (the national average is "
+               "the country row US)")
+    return sorted(rows, key=lambda r: r["code"])
+
+
+# canada_energy_mix.json key -> (regions.csv share column, factor key in
+# carbon_intensity_per_source.json, or a number with its citation where that file has none).
+CANADA_SOURCES: dict[str, tuple[str, str | float | None]] = {
+    "coal": ("coal", "coal"),
+    "petroleum": ("oil", "petroleum"),
+    "naturalGas": ("natural_gas", "natural_gas"),
+    "nuclear": ("nuclear", "nuclear"),
+    "hydro": ("hydro", "hydroelectricity"),
+    "wind": ("wind", "wind"),
+    "solar": ("solar", "solar"),
+    "biomass": ("biomass", 230.0),  # IPCC AR5 WG3 Annex III (2014), median for biomass
+    "tidal": ("other_renewable", None),  # no factor: 0 % in every province
+    "other": ("", None),  # unknown sources: 0 % in every province
+}
+# ISO 3166-2:CA subdivision codes by the names the source uses.
+CANADA_CODES = {
+    "alberta": "AB", "british columbia": "BC", "manitoba": "MB", "new brunswick": "NB",
+    "newfoundland and labrador": "NL", "nova scotia": "NS", "northwest territories": "NT",
+    "nunavut": "NU", "ontario": "ON", "prince edward island": "PE", "quebec": "QC",
+    "saskatchewan": "SK", "yukon": "YT",
+}
+CER_SOURCE = ("Canada Energy Regulator 2023 generation mix x lifecycle factor per source "
+              "(factors in the header)")
+
+
+def derive_provinces(canada: dict[str, dict[str, float]], per_source: dict[str, Any],
+                     report: Report) -> list[dict[str, str]]:
+    """Province rows: the published mix, priced with lifecycle factors per source."""
+    rows = []
+    for name, mix in canada.items():
+        code = CANADA_CODES.get(name)
+        if code is None:
+            raise SystemExit(f"canada_energy_mix.json: no ISO 3166-2 code for {name!r}")
+        unknown = sorted(set(mix) - set(CANADA_SOURCES) - {"total"})
+        if unknown:
+            raise SystemExit(f"canada_energy_mix.json: {name}: unmapped sources {unknown}")
+        shares = {k: float(v) for k, v in mix.items() if k != "total"}
+        total = sum(shares.values())
+        grams = 0.0
+        row = _row(code=f"CA-{code}", name=_title(name), kind="province", intensity=0.0,
+                   year="2023", source=CER_SOURCE)
+        for src, pct in shares.items():
+            column, factor = CANADA_SOURCES[src]
+            if pct and (factor is None or not column):
+                raise SystemExit(f"canada_energy_mix.json: {name}: {src} is {pct} % and has no "
+                                 "factor; add one to CANADA_SOURCES")
+            if isinstance(factor, str):
+                factor = float(per_source[factor])
+            grams += pct * (factor or 0.0)
+            if column:
+                row[column] = fixed(pct / total, 4)
+        row["intensity_g_per_kwh"] = fixed(grams / total, 1)
+        if abs(total - float(mix.get("total", total))) > 0.05:
+            report.add(f"  {name}: shares add up to {total:g} %, the source's total says "
+                       f"{mix['total']}")
+        rows.append(row)
+    report.add(f"  Canadian provinces and territories: {len(rows)} written")
+    return sorted(rows, key=lambda r: r["code"])
+
+
+NORDIC_SOURCE = "ENTSO-E data, historical average for the bidding zone"
+
+
+def derive_zones(nordic: dict[str, Any], report: Report) -> list[dict[str, str]]:
+    """Nordic bidding zone rows; Finland's single zone is the country itself."""
+    rows, skipped = [], []
+    for code, entry in nordic["data"].items():
+        if re.fullmatch(r"[A-Z]{2}", code):
+            skipped.append(code)  # a whole-country zone: the country row has the same key
+            continue
+        if entry.get("unit") != "gCO2eq/kWh":
+            raise SystemExit(f"nordic_emissions.json: {code}: unexpected unit {entry.get('unit')}")
+        rows.append(_row(code=code, name=str(entry["description"]), kind="zone",
+                         intensity=float(entry["emission_factor"]), year=str(entry["year"]),
+                         source=NORDIC_SOURCE))
+    report.add(f"  Nordic bidding zones: {len(rows)} written; skipped {skipped} (whole-country "
+               "zones, covered by the country row)")
+    return sorted(rows, key=lambda r: r["code"])
+
+
+GOOGLE_SOURCE = ("Google Cloud region carbon data 2023, grid carbon intensity "
+                 "(cloud.google.com/sustainability/region-carbon)")
+GOOGLE_FIXES = {"me-cenrtal1": "me-central1"}  # a typo in impact.csv; Google's own list has Doha
+CCF_YEARS = (("EPA eGRID2020", "2020"), ("carbonfootprint.com country factors for 2021", "2021"))
+
+
+def derive_cloud(ccf: list[dict[str, str]], google: list[dict[str, str]],
+                 report: Report) -> list[dict[str, str]]:
+    """Cloud region rows: Google's own 2023 figures for gcp, CCF's factors for the rest."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for g in google:
+        if g["provider"] != "gcp":
+            raise SystemExit(f"impact.csv: unexpected provider {g['provider']!r}")
+        code = GOOGLE_FIXES.get(g["region"], g["region"])
+        place = ", ".join(x for x in (g["city"], g["state"], g["country_name"]) if x)
+        rows[("gcp", code)] = _row(code=code, name=place, kind="cloud", provider="gcp",
+                                   intensity=float(g["impact"]), year="2023",
+                                   source=GOOGLE_SOURCE)
+    ccf_kept: dict[str, int] = {}
+    ccf_superseded = []
+    for c in ccf:
+        key = (c["provider"], c["region"])
+        if key in rows:
+            ccf_superseded.append(c["region"])  # gcp: Google's newer figure wins
+            continue
+        note = c["source_note"]
+        year = next((y for prefix, y in CCF_YEARS if note.startswith(prefix)), "")
+        rows[key] = _row(code=c["region"], name=c["location"], kind="cloud",
+                         provider=c["provider"], intensity=float(c["intensity_g_per_kwh"]),
+                         year=year, source=f"Cloud Carbon Footprint (Apache-2.0): {note}")
+        ccf_kept[c["provider"]] = ccf_kept.get(c["provider"], 0) + 1
+    report.add(f"  cloud: {len(google)} gcp regions from Google's 2023 data; from CCF "
+               f"{ccf_kept}; {len(ccf_superseded)} CCF gcp figures superseded by Google's")
+    return [rows[k] for k in sorted(rows)]
+
+
+def _row(*, code: str, name: str, kind: str, intensity: float, year: str, source: str,
+         provider: str = "") -> dict[str, str]:
+    return {"code": code, "alpha3": "", "name": name, "kind": kind, "provider": provider,
+            "intensity_g_per_kwh": fixed(intensity, 1), "year": year, "source": source}
+
+
+def derive_regions(data: Path, report: Report) -> str:
+    """regions.csv text: countries, then states, provinces, zones and cloud regions."""
+    def load(name: str) -> Any:
+        return json.loads((data / name).read_text(encoding="utf-8"))
+
+    def table(name: str) -> list[dict[str, str]]:
+        with (data / name).open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+
+    rows = derive_countries(load("global_energy_mix.json"), report)
+    rows += derive_states(load("usa_emissions.json"), report)
+    rows += derive_provinces(load("canada_energy_mix.json"),
+                             load("carbon_intensity_per_source.json"), report)
+    rows += derive_zones(load("nordic_emissions.json"), report)
+    rows += derive_cloud(table("cloud_regions.csv"), table("impact.csv"), report)
+    keys = [(r["provider"], r["code"].casefold()) for r in rows]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise SystemExit(f"regions: (provider, code) not unique: {dupes}")
+    report.add(f"regions.csv: {len(rows)} rows")
     return REGIONS_HEADER + _csv_text(REGION_COLUMNS, rows)
 
 
@@ -270,16 +474,15 @@ def _csv_text(columns: Iterable[str], rows: list[dict[str, str]]) -> str:
 
 def derive_all(data: Path, report: Report) -> dict[str, str]:
     """File name -> text of every derived table."""
-    energy_mix = json.loads((data / "global_energy_mix.json").read_text(encoding="utf-8"))
     with (data / "cpu_power.csv").open(encoding="utf-8", newline="") as f:
         cpu = derive_cpu_tdp(f, report)
-    return {"regions.csv": derive_regions(energy_mix, report), "cpu_tdp.csv": cpu}
+    return {"regions.csv": derive_regions(data, report), "cpu_tdp.csv": cpu}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True,
-                        help="folder with global_energy_mix.json and cpu_power.csv")
+                        help="folder with the reference files (see above)")
     parser.add_argument("--out", type=Path, default=ROOT / "config",
                         help="folder to write the tables into (default: config/)")
     parser.add_argument("--check", action="store_true",

@@ -74,6 +74,16 @@ class SnapshotCollector:
             "grid in use, gCO2eq/kWh.", labels=("region", "provider"))
         intensity.add_metric((s.intensity.region, s.intensity.provider), s.intensity.g_per_kwh)
         yield intensity
+        if s.providers:
+            yield from _provider_families(s)
+        if s.embodied:
+            embodied = CounterMetricFamily(
+                "carbonmeter_embodied_emissions_grams", "Embodied CO2-equivalent of a piece of "
+                "hardware, accrued per second of runtime over its lifetime.", labels=("device",),
+                unit="grams")
+            for e in s.embodied:
+                embodied.add_metric((e.device,), e.grams)
+            yield embodied
         yield GaugeMetricFamily("carbonmeter_pue_ratio", "Power usage effectiveness applied "
                                 "to emissions.", s.pue)
         up = GaugeMetricFamily("carbonmeter_probe_up", "1 when the probe's last read "
@@ -88,6 +98,26 @@ class SnapshotCollector:
         info.add_metric((), {"version": __version__,
                              "python_version": platform.python_version()})
         yield info
+
+
+def _provider_families(s: Snapshot) -> Iterator[Metric]:
+    up = GaugeMetricFamily("carbonmeter_carbon_intensity_provider_up", "1 when the live "
+                           "intensity provider's last fetch succeeded.", labels=("provider",))
+    age = GaugeMetricFamily("carbonmeter_carbon_intensity_age_seconds", "Age of the provider's "
+                            "last good value.", labels=("provider",), unit="seconds")
+    value = GaugeMetricFamily(
+        "carbonmeter_carbon_intensity_provider_grams_per_kilowatt_hour", "Last good value of "
+        "each live provider, gCO2eq/kWh; signal is average or marginal (WattTime MOER).",
+        labels=("provider", "region", "signal"))
+    errors = CounterMetricFamily("carbonmeter_carbon_intensity_provider_errors", "Failed "
+                                 "fetches, per live provider.", labels=("provider",))
+    for p in s.providers:
+        up.add_metric((p.name,), 1.0 if p.up else 0.0)
+        errors.add_metric((p.name,), p.errors_total)
+        if p.value is not None and p.age_seconds is not None:
+            age.add_metric((p.name,), p.age_seconds)
+            value.add_metric((p.name, p.value.region, p.value.signal), p.value.g_per_kwh)
+    yield from (up, age, value, errors)
 
 
 class Renderer:

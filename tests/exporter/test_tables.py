@@ -1,9 +1,10 @@
 """The bundled reference tables: figures checked by hand against the source, and reproducible.
 
 The expected figures below were read by hand from the reference data (global_energy_mix.json,
-cpu_power.csv), which is not in the repository. Only the last test reads it, from the folder
-REFERENCE_DATA_DIR names, to check that config/sources/derive.py regenerates the committed
-tables byte for byte.
+usa_emissions.json, canada_energy_mix.json, nordic_emissions.json, cloud_regions.csv, impact.csv,
+cpu_power.csv), which is not in the repository, and computed by hand where the table converts.
+Only the last test reads it, from the folder REFERENCE_DATA_DIR names, to check that
+config/sources/derive.py regenerates the committed tables byte for byte.
 """
 
 from __future__ import annotations
@@ -43,8 +44,15 @@ def _comments_and_rows(name: str) -> tuple[list[str], list[dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def regions() -> dict[str, dict[str, str]]:
+    """Every row without a provider (countries, states, provinces, zones), by code."""
     _, rows = _comments_and_rows("regions.csv")
-    return {r["code"]: r for r in rows}
+    return {r["code"]: r for r in rows if not r["provider"]}
+
+
+@pytest.fixture(scope="module")
+def cloud() -> dict[tuple[str, str], dict[str, str]]:
+    _, rows = _comments_and_rows("regions.csv")
+    return {(r["provider"], r["code"]): r for r in rows if r["provider"]}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +74,7 @@ def test_regions_header_cites_source_and_generator() -> None:
 
 def test_regions_one_row_per_country_with_unique_codes() -> None:
     _, rows = _comments_and_rows("regions.csv")
+    rows = [r for r in rows if r["kind"] == "country"]
     assert len(rows) == 213  # every entry of global_energy_mix.json has an intensity
     codes = [r["code"] for r in rows]
     alpha3 = [r["alpha3"] for r in rows]
@@ -118,10 +127,95 @@ def test_region_mix_matches_source(regions: dict[str, dict[str, str]]) -> None:
 
 
 def test_region_shares_sum_to_one(regions: dict[str, dict[str, str]]) -> None:
+    checked = 0
     for code, row in regions.items():
-        if float(row["total_twh"]) > 0:
+        if row["kind"] in ("country", "province") and (row["total_twh"] or "1") != "0":
             total = sum(float(row[s]) for s in SHARES)
             assert total == pytest.approx(1.0, abs=0.002), code
+            checked += 1
+    assert checked > 213
+
+
+def test_every_row_unique_with_kind_source_and_intensity() -> None:
+    _, rows = _comments_and_rows("regions.csv")
+    keys = [(r["provider"], r["code"].casefold()) for r in rows]
+    assert len(set(keys)) == len(keys)
+    counts: dict[tuple[str, str], int] = {}
+    for r in rows:
+        counts[(r["kind"], r["provider"])] = counts.get((r["kind"], r["provider"]), 0) + 1
+        assert r["source"] and float(r["intensity_g_per_kwh"]) >= 0, r
+        assert (r["provider"] != "") == (r["kind"] == "cloud"), r
+    assert counts == {("country", ""): 213, ("state", ""): 51, ("province", ""): 13,
+                      ("zone", ""): 9, ("cloud", "aws"): 27, ("cloud", "azure"): 77,
+                      ("cloud", "gcp"): 41}
+
+
+@pytest.mark.parametrize(
+    ("code", "name", "kind", "intensity", "year"),
+    [
+        # eGRID2016 lb CO2/MWh x 0.45359237 = g/kWh
+        ("US-CA", "California", "state", "205.3", "2016"),  # 452.541 -> 205.2691
+        ("US-WY", "Wyoming", "state", "919.1", "2016"),  # 2026.26 -> 919.0961
+        ("US-VT", "Vermont", "state", "25.8", "2016"),  # 56.89 -> 25.8049
+        ("US-DC", "District of Columbia", "state", "218.5", "2016"),  # 481.786 -> 218.5345
+        ("US-GA", "Georgia", "state", "454.4", "2016"),  # 1001.754 -> 454.3880
+        # CER 2023 mix: sum(% x factor) / sum(%)
+        # Quebec: (0.2x743 + 0.3x816 + 0.7x230 + 0.01x48 + 6.7x26 + 92.1x26) / 100.01
+        #       = 3123.68 / 100.01 = 31.233
+        ("CA-QC", "Quebec", "province", "31.2", "2023"),
+        # Alberta: (73.5x743 + 0.02x816 + 2x230 + 8x995 + 3.2x48 + 11.3x26 + 1.8x26) / 99.82
+        #        = (54610.5 + 16.32 + 460 + 7960 + 153.6 + 293.8 + 46.8) / 99.82 = 636.556
+        ("CA-AB", "Alberta", "province", "636.6", "2023"),
+        # Nunavut: (99.8x816 + 0.2x48) / 100 = 814.464
+        ("CA-NU", "Nunavut", "province", "814.5", "2023"),
+        # Newfoundland and Labrador: (0.2x743 + 0.4x816 + 0.4x26 + 99x26) / 100 = 30.594
+        ("CA-NL", "Newfoundland and Labrador", "province", "30.6", "2023"),
+        # Nordic zones, published g/kWh
+        ("SE3", "Sweden Bidding Zone 3 (Southern Sweden)", "zone", "18.0", "2024"),
+        ("NO1", "Norway Bidding Zone 1 (Oslo)", "zone", "18.0", "2024"),
+    ],
+)
+def test_subnational_figures_match_source(
+    regions: dict[str, dict[str, str]], code: str, name: str, kind: str, intensity: str,
+    year: str,
+) -> None:
+    row = regions[code]
+    assert (row["name"], row["kind"], row["intensity_g_per_kwh"], row["year"]) == (
+        name, kind, intensity, year)
+
+
+def test_subnational_sources_say_what_they_count(regions: dict[str, dict[str, str]]) -> None:
+    assert "CO2 only" in regions["US-CA"]["source"]
+    assert "eGRID2016" in regions["US-CA"]["source"]
+    assert "Canada Energy Regulator 2023" in regions["CA-QC"]["source"]
+    qc = regions["CA-QC"]  # 92.1 % hydro of 100.01
+    assert (qc["hydro"], qc["wind"], qc["oil"], qc["total_twh"]) == (
+        "0.9209", "0.0670", "0.0030", "")
+    # Finland is one bidding zone: the country row, from OWID, is the only FI.
+    assert regions["FI"]["kind"] == "country"
+
+
+@pytest.mark.parametrize(
+    ("provider", "code", "intensity", "year", "source"),
+    [
+        ("aws", "eu-west-3", "51.1", "", "EEA"),
+        ("aws", "us-east-1", "379.1", "2020", "eGRID2020"),  # 379.069, NERC SERC
+        ("aws", "ap-southeast-2", "760.0", "2021", "carbonfootprint.com"),
+        ("azure", "westeurope", "328.4", "", "EEA"),
+        ("azure", "francecentral", "51.3", "2021", "carbonfootprint.com"),  # 51.28
+        ("gcp", "europe-west9", "34.0", "2023", "Google Cloud region carbon data 2023"),
+        ("gcp", "us-central1", "430.0", "2023", "Google"),  # Google 2023, not CCF's 456
+        ("gcp", "me-central1", "575.0", "2023", "Google"),  # 'me-cenrtal1' in impact.csv
+        ("gcp", "us-central2", "456.0", "", "Cloud Carbon Footprint"),  # CCF only
+    ],
+)
+def test_cloud_figures_match_source(
+    cloud: dict[tuple[str, str], dict[str, str]], provider: str, code: str, intensity: str,
+    year: str, source: str,
+) -> None:
+    row = cloud[(provider, code)]
+    assert (row["kind"], row["intensity_g_per_kwh"], row["year"]) == ("cloud", intensity, year)
+    assert source in row["source"]
 
 
 # --- cpu_tdp.csv and probes.cpu_names ----------------------------------------------------------

@@ -1,0 +1,90 @@
+"""The same energy on other grids: what it would emit there, greenest first.
+
+Only grids of the same kind are compared: a cloud region with the same provider's
+regions (where the same job could run), anything else with countries. Emissions
+elsewhere are the facility energy (energy × PUE) times that grid's intensity, so the
+PUE of the site where the energy was spent is kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from exporter.carbon import Intensity, Region, regions
+
+
+@dataclass(frozen=True, slots=True)
+class Elsewhere:
+    region: Region
+    grams: float  # the same facility energy at this region's intensity
+    saving_g: float  # what was emitted minus `grams`: positive when this grid is cleaner
+    role: str = ""  # "configured", "greenest", "median", "dirtiest", or "" in a ranking
+
+
+def region_of(intensity: Intensity) -> Region | None:
+    """The bundled row an intensity came from, if it came from the bundled table.
+
+    Codes of different kinds may coincide (a state "CA", the country Canada), so among the
+    rows with its code the one of its provider, then of its exact value, then a country wins.
+    """
+    if intensity.provider in ("config", "default"):
+        return None
+    provider, _, code = intensity.region.casefold().rpartition("/")  # "aws/eu-west-3"
+    rows = [r for r in regions() if r.code.casefold() == code
+            and (not provider or (r.kind == "cloud" and r.provider == provider))]
+    if not rows:
+        return None
+    return max(rows, key=lambda r: (r.provider == intensity.provider,
+                                    r.g_per_kwh == intensity.g_per_kwh, r.kind == "country"))
+
+
+def as_region(intensity: Intensity) -> Region:
+    """The intensity in use as a row of the table (its own row when it has one)."""
+    row = region_of(intensity)
+    if row is not None:
+        return row
+    name = "world average" if intensity.provider == "default" else "configured intensity"
+    return Region(intensity.region, "", name, intensity.provider, "", intensity.g_per_kwh,
+                  intensity.year, intensity.source, {})
+
+
+def peers(row: Region | None) -> list[Region]:
+    """The grids to compare with, greenest first (ties by code, so the order is stable)."""
+    if row is not None and row.kind == "cloud":
+        pool = [r for r in regions() if r.kind == "cloud" and r.provider == row.provider]
+    else:
+        pool = [r for r in regions() if r.kind == "country"]
+    return sorted(pool, key=lambda r: (r.g_per_kwh, r.code))
+
+
+def _at(r: Region, facility_kwh: float, actual_g: float, role: str = "") -> Elsewhere:
+    grams = facility_kwh * r.g_per_kwh
+    return Elsewhere(r, grams, actual_g - grams, role)
+
+
+def greenest(facility_kwh: float, actual_g: float, intensity: Intensity,
+             n: int = 3) -> list[Elsewhere]:
+    """The `n` grids, other than the one in use, where the same energy would emit least."""
+    here = region_of(intensity)
+    pool = [r for r in peers(here) if here is None or (r.code, r.provider) !=
+            (here.code, here.provider)]
+    return [_at(r, facility_kwh, actual_g) for r in pool[:n]]
+
+
+def landmarks(facility_kwh: float, actual_g: float, intensity: Intensity) -> list[Elsewhere]:
+    """The grid in use, then — among countries — the greenest, the median and the
+    dirtiest; for a cloud region, every region of its provider, greenest first."""
+    here = region_of(intensity)
+    out = [Elsewhere(as_region(intensity), actual_g, 0.0, "configured")]
+    pool = peers(here)
+    if here is not None and here.kind == "cloud":
+        return [*out, *(_at(r, facility_kwh, actual_g) for r in pool
+                         if (r.code, r.provider) != (here.code, here.provider))]
+    if not pool:
+        return out
+    median = statistics.median_low([r.g_per_kwh for r in pool])
+    middle = next(r for r in pool if r.g_per_kwh == median)
+    return [*out, _at(pool[0], facility_kwh, actual_g, "greenest"),
+            _at(middle, facility_kwh, actual_g, "median"),
+            _at(pool[-1], facility_kwh, actual_g, "dirtiest")]

@@ -1,0 +1,138 @@
+"""Measuring a span of time — a command, a block of code, a task — on the exporter's own parts.
+
+A `Meter` runs the same probes, sampler and accounting as `carbonmeter serve`; a span's
+figures are the difference of two snapshots, so they are exactly what the exporter would
+count over the same time. How often it reads depends on the sources, not on the span:
+
+- power sources (estimates, GPUs without an energy counter) are integrated, so they are
+  read every `interval` seconds by the sampler's thread;
+- counters are exact whatever the interval, so they are read only when a span starts or
+  ends — except a counter that wraps (RAPL, 262 kJ: 15 minutes at 300 W), which must be
+  read at least once per wrap or the wrap is lost: the thread then reads once a minute;
+- with only counters that never wrap (NVML energy) no thread is started at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exporter.carbon import Intensity
+from exporter.config import Config
+from exporter.snapshot import Snapshot
+
+FINE_INTERVAL_S = 1.0  # how often power sources are read during a span, unless told
+WRAP_GUARD_S = 60.0  # a 65 kJ RAPL DRAM range lasts 60 s only above 1 kW
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUsage:
+    id: str
+    kind: str
+    source: str
+    name: str
+    estimated: bool
+    energy_j: float
+    emissions_g: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one span cost: the result of `carbonmeter run`, `track()` and each task."""
+
+    name: str  # the task's name; "" for a whole run or tracker
+    started_unix: float
+    duration_s: float
+    devices: tuple[DeviceUsage, ...]
+    intensity: Intensity  # the intensity at the end of the span
+    pue: float
+    tasks: tuple[Usage, ...] = ()
+    error: str = ""  # the exception that ended the span, if one did
+    scope: str = "machine"  # whole machine until energy is attributed to processes
+
+    @property
+    def energy_j(self) -> float:
+        return sum((d.energy_j for d in self.devices), 0.0)
+
+    @property
+    def energy_kwh(self) -> float:
+        return self.energy_j / 3.6e6
+
+    @property
+    def emissions_g(self) -> float:
+        return sum((d.emissions_g for d in self.devices), 0.0)
+
+    @property
+    def emissions_kg(self) -> float:
+        return self.emissions_g / 1000
+
+    @property
+    def region(self) -> str:
+        return self.intensity.region
+
+    def energy_by_kind(self) -> dict[str, float]:
+        """Joules per device kind (cpu, dram, gpu, ram, platform), in first-seen order."""
+        out: dict[str, float] = {}
+        for d in self.devices:
+            out[d.kind] = out.get(d.kind, 0.0) + d.energy_j
+        return out
+
+    @property
+    def measured_j(self) -> float:
+        return sum((d.energy_j for d in self.devices if not d.estimated), 0.0)
+
+    @property
+    def estimated_j(self) -> float:
+        return sum((d.energy_j for d in self.devices if d.estimated), 0.0)
+
+
+def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usage, ...] = (),
+                  error: str = "") -> Usage:
+    """The energy and emissions counted from snapshot `a` to the later snapshot `b`."""
+    before = {d.device.id: d for d in a.devices}
+    devices = []
+    for d in b.devices:
+        prev = before.get(d.device.id)
+        e0, g0 = (prev.energy_j, prev.emissions_g) if prev is not None else (0.0, 0.0)
+        dev = d.device
+        devices.append(DeviceUsage(dev.id, dev.kind, dev.source, dev.name, dev.estimated,
+                                   d.energy_j - e0, d.emissions_g - g0))
+    return Usage(name=name, started_unix=a.taken_unix,
+                 duration_s=max(0.0, b.taken_monotonic - a.taken_monotonic),
+                 devices=tuple(devices), intensity=b.intensity, pue=b.pue, tasks=tasks,
+                 error=error)
+
+
+class Meter:
+    """Probes, sampler and, only where a source needs it, a thread that reads them."""
+
+    def __init__(self, cfg: Config, *, interval: float | None = None) -> None:
+        from exporter import carbon
+        from exporter.discovery import discover
+        from exporter.sampler import Sampler
+
+        intensity = carbon.resolve(cfg.carbon)
+        probes, self.reports = discover(cfg)
+        self.interval = interval  # power sources: seconds between reads (FINE_INTERVAL_S)
+        self.sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
+                               interval=interval or FINE_INTERVAL_S)
+        self.threaded = False
+
+    def start(self) -> Snapshot:
+        """First reading of every device; starts the reading thread if a source needs one."""
+        first = self.sampler.sample()
+        if not self.sampler.accounting.integrates_power():
+            if not any(d.wrap_uj is not None for p in self.sampler.probes for d in p.devices):
+                return first
+            self.sampler.interval = min(self.interval or WRAP_GUARD_S, WRAP_GUARD_S)
+        self.threaded = True
+        self.sampler.start(first_now=False)
+        return first
+
+    def read(self) -> Snapshot:
+        return self.sampler.sample()
+
+    def stop(self) -> Snapshot:
+        """The last reading, then the thread and the probes are closed."""
+        last = self.sampler.sample()
+        self.sampler.stop()
+        return last

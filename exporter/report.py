@@ -1,0 +1,297 @@
+"""`carbonmeter report FILE`: what an emissions log says, and how the same work could emit less.
+
+Reads carbonmeter's log (CSV or JSON Lines) and CodeCarbon's emissions.csv alike: only
+CodeCarbon's columns are required; carbonmeter's own (`devices`, `carbon_intensity`,
+`task_name`, ...) add detail where present. Task rows lie inside their run's rows, so
+totals add up the other rows only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from exporter import units
+from exporter.carbon import Intensity, regions
+from exporter.compare import Elsewhere, landmarks
+from exporter.equivalents import Factor, describe, equivalents
+
+KINDS = (("cpu", "cpu_energy"), ("gpu", "gpu_energy"), ("ram", "ram_energy"),
+         ("platform", "platform_energy"))
+REQUIRED = ("timestamp", "duration", "emissions", "energy_consumed")
+
+
+class LogError(Exception):
+    """A file that is not an emissions log. str() says what is wrong, for the user."""
+
+
+@dataclass
+class Row:
+    end: datetime
+    duration_s: float
+    energy_kwh: float
+    emissions_g: float
+    pue: float
+    task: str
+    run_id: str
+    kinds: dict[str, float]  # kWh per device kind
+    devices: dict[str, dict[str, Any]]  # id -> kind, source, estimated, energy (kWh)
+    intensity: tuple[str, float, str, str]  # region, g/kWh, source, cloud provider
+
+
+@dataclass
+class Summary:
+    rows: list[Row]  # runs and intervals, no tasks
+    tasks: list[Row]
+    first: datetime
+    last: datetime
+    duration_s: float
+    energy_kwh: float
+    facility_kwh: float  # energy x PUE: what the grid delivered
+    emissions_g: float
+    runs: int
+    by_kind: dict[str, float]
+    by_device: dict[str, dict[str, Any]]
+    intensity: Intensity
+    places: list[Elsewhere]
+    equivalents: list[tuple[Factor, float]]
+    over_time: list[tuple[datetime, float, float]] = field(default_factory=list)
+    bucket: str = ""
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    if value in ("", None):
+        return default
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+def _time(value: str) -> datetime:
+    t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    return t if t.tzinfo else t.astimezone()  # CodeCarbon writes local time without offset
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """The records of a log, as dicts of strings (CSV) or values (JSON Lines)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise LogError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise LogError(f"{path}: not UTF-8 text") from None
+    if not text.strip():
+        raise LogError(f"{path}: empty; an emissions log has a header and rows")
+    if text.lstrip().startswith("{"):
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if n == len(text.splitlines()) and not text.endswith("\n"):
+                    break  # a torn last line: its writer was stopped mid-write
+                raise LogError(f"{path}: line {n} is not JSON") from None
+        return records
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise LogError(f"{path}: not an emissions log: no column {', '.join(missing)} "
+                       "(expected carbonmeter's or CodeCarbon's emissions.csv header)")
+    return [r for r in reader if None not in r.values() and None not in r]  # torn rows out
+
+
+def _row(r: dict[str, Any], where: str) -> Row:
+    missing = [c for c in REQUIRED if c not in r]
+    if missing:
+        raise LogError(f"{where}: no {', '.join(missing)}")
+    try:
+        end = _time(str(r["timestamp"]))
+    except ValueError:
+        raise LogError(f"{where}: timestamp {r['timestamp']!r} is not ISO 8601") from None
+    devices = r.get("devices") or {}
+    if isinstance(devices, str):
+        try:
+            devices = json.loads(devices)
+        except ValueError:
+            devices = {}
+    energy = _num(r["energy_consumed"])
+    pue = _num(r.get("pue"), 1.0) or 1.0
+    emissions_g = _num(r["emissions"]) * 1000
+    g_per_kwh = _num(r.get("carbon_intensity"), -1)
+    if g_per_kwh < 0:  # CodeCarbon's log: the intensity is what its numbers imply
+        g_per_kwh = emissions_g / (energy * pue) if energy > 0 else 0.0
+    region = str(r.get("carbon_intensity_region") or r.get("cloud_region")
+                 or r.get("country_iso_code") or "")
+    return Row(end=end, duration_s=_num(r["duration"]), energy_kwh=energy,
+               emissions_g=emissions_g, pue=pue, task=str(r.get("task_name") or ""),
+               run_id=str(r.get("run_id") or ""),
+               kinds={k: _num(r.get(col)) for k, col in KINDS},
+               devices=devices if isinstance(devices, dict) else {},
+               intensity=(region, g_per_kwh, str(r.get("carbon_intensity_source") or ""),
+                          str(r.get("cloud_provider") or "")))
+
+
+def _intensity(region: str, g: float, source: str, provider: str) -> Intensity:
+    """The intensity a log recorded, matched to its bundled row when there is one."""
+    key = region.casefold()
+    for r in regions():
+        if key in (r.code.casefold(), r.alpha3.casefold()) and abs(r.g_per_kwh - g) < 0.05 and \
+                (not provider or r.provider == provider):
+            return Intensity(r.g_per_kwh, r.code, r.provider or "bundled", r.source, r.year)
+    return Intensity(g, region or "custom", "config", source or "as recorded in the log")
+
+
+def _buckets(first: datetime, last: datetime) -> tuple[str, timedelta]:
+    span = (last - first).total_seconds()
+    for name, step in (("minute", 60), ("hour", 3600), ("day", 86400)):
+        if span <= 48 * step:
+            return name, timedelta(seconds=step)
+    return "month", timedelta(days=30)
+
+
+def _floor(t: datetime, bucket: str) -> datetime:
+    t = t.astimezone(timezone.utc)
+    if bucket == "minute":
+        return t.replace(second=0, microsecond=0)
+    if bucket == "hour":
+        return t.replace(minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        return t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
+    parsed = [_row(r, f"{where}: row {n}") for n, r in enumerate(records, 2)]
+    rows = [r for r in parsed if not r.task]
+    tasks = [r for r in parsed if r.task]
+    if not rows:
+        raise LogError(f"{where}: no rows to report on")
+    first = min(r.end - timedelta(seconds=r.duration_s) for r in rows)
+    last = max(r.end for r in rows)
+    by_kind: dict[str, float] = {}
+    for k, _ in KINDS:
+        total = sum(r.kinds[k] for r in rows)
+        if total:
+            by_kind[k] = total
+    by_device: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        for dev, d in r.devices.items():
+            if not isinstance(d, dict):
+                continue
+            acc = by_device.setdefault(dev, {"kind": d.get("kind", ""),
+                                             "source": d.get("source", ""),
+                                             "estimated": bool(d.get("estimated")),
+                                             "energy_kwh": 0.0})
+            acc["energy_kwh"] += _num(d.get("energy"))
+    energy = sum(r.energy_kwh for r in rows)
+    facility = sum(r.energy_kwh * r.pue for r in rows)
+    grams = sum(r.emissions_g for r in rows)
+    used = Counter(r.intensity for r in rows).most_common(1)[0][0]
+    intensity = _intensity(*used)
+    bucket, _ = _buckets(first, last)
+    over: dict[datetime, list[float]] = {}
+    for r in rows:
+        acc = over.setdefault(_floor(r.end, bucket), [0.0, 0.0])
+        acc[0] += r.energy_kwh
+        acc[1] += r.emissions_g
+    return Summary(
+        rows=rows, tasks=tasks, first=first, last=last,
+        duration_s=sum(r.duration_s for r in rows), energy_kwh=energy, facility_kwh=facility,
+        emissions_g=grams, runs=len({r.run_id for r in rows}), by_kind=by_kind,
+        by_device=by_device, intensity=intensity,
+        places=landmarks(facility, grams, intensity),
+        equivalents=equivalents(grams, facility),
+        over_time=[(t, e, g) for t, (e, g) in sorted(over.items())], bucket=bucket)
+
+
+def _kwh(kwh: float) -> str:
+    return units.energy(kwh * 3.6e6)
+
+
+def text(s: Summary, name: str) -> str:
+    """The report as plain text: what the HTML page says, without the charts."""
+    out = [f"carbonmeter report: {name}",
+           f"  period        {s.first:%Y-%m-%d %H:%M:%S} to {s.last:%Y-%m-%d %H:%M:%S %Z}",
+           f"  rows          {len(s.rows)} in {s.runs} run(s), {len(s.tasks)} task row(s)",
+           f"  measured for  {units.duration(s.duration_s)}",
+           f"  energy        {_kwh(s.energy_kwh)} (with PUE: {_kwh(s.facility_kwh)})",
+           f"  CO2eq         {units.mass(s.emissions_g)}",
+           f"  intensity     {s.intensity.g_per_kwh:g} gCO2eq/kWh ({s.intensity.region}; "
+           f"{s.intensity.source})"]
+    if s.by_kind:
+        out.append("\nby device kind")
+        for k, kwh in s.by_kind.items():
+            out.append(f"  {k:<10} {_kwh(kwh):>12}  {100 * kwh / s.energy_kwh:5.1f} %"
+                       if s.energy_kwh else f"  {k:<10} {_kwh(kwh):>12}")
+    if s.by_device:
+        out.append("\nby device")
+        for dev, d in s.by_device.items():
+            how = "estimated" if d["estimated"] else "measured"
+            out.append(f"  {dev:<14} {d['kind']:<9} {d['source']:<10} {how:<10} "
+                       f"{_kwh(d['energy_kwh']):>12}")
+    out.append(f"\nover time, per {s.bucket} (UTC)")
+    for t, e, g in s.over_time:
+        out.append(f"  {t:%Y-%m-%d %H:%M}  {_kwh(e):>12}  {units.mass(g):>10}")
+    out.append("\nthe same energy elsewhere")
+    for e in s.places:
+        r = e.region
+        label = e.role or ""
+        saving = "" if e.role == "configured" else (
+            f"  saves {units.mass(e.saving_g)}" if e.saving_g >= 0
+            else f"  adds {units.mass(-e.saving_g)}")
+        out.append(f"  {label:<10} {r.code:<6} {r.name:<28} {r.g_per_kwh:>7g} g/kWh "
+                   f"{units.mass(e.grams):>10}{saving}")
+    out.append("\nequivalents")
+    for f, n in s.equivalents:
+        many, what = describe(f, n)
+        out.append(f"  {many} {what}  [{f.source}]")
+    if s.tasks:
+        out.append("\ntasks (inside the runs above)")
+        agg: dict[str, list[float]] = {}
+        for t in s.tasks:
+            a = agg.setdefault(t.task, [0, 0.0, 0.0])
+            a[0] += 1
+            a[1] += t.energy_kwh
+            a[2] += t.emissions_g
+        for name_, (n, e, g) in sorted(agg.items(), key=lambda kv: -kv[1][1])[:20]:
+            out.append(f"  {name_:<30} x{int(n):<4} {_kwh(e):>12}  {units.mass(g):>10}")
+    out.append("\nscope: " + ("whole machine: every process's energy, not only the measured "
+                              "code's"))
+    return "\n".join(out) + "\n"
+
+
+def main(file: str, *, html: str | None = None) -> int:
+    path = Path(file)
+    try:
+        s = summarise(read(path), str(path))
+    except LogError as e:
+        print(f"carbonmeter report: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text(s, path.name))
+    if html:
+        try:
+            from exporter.report_html import page
+        except ImportError as e:
+            print(f"carbonmeter report: --html needs matplotlib ({e.name} is missing): "
+                  "pip install 'carbonmeter[report]'", file=sys.stderr)
+            return 1
+        try:
+            Path(html).write_text(page(s, path.name), encoding="utf-8")
+        except OSError as e:
+            print(f"carbonmeter report: cannot write {html}: {e.strerror or e}",
+                  file=sys.stderr)
+            return 1
+        print(f"\nwrote {html}")
+    return 0

@@ -1,0 +1,321 @@
+"""OTLP export: the sampler's snapshots as OpenTelemetry metrics, pushed to a collector.
+
+Imported only when OTLP is enabled: opentelemetry, protobuf and grpc cost start-up time
+and memory that a Prometheus-only exporter must not pay.
+
+Observable instruments read the same immutable snapshot as /metrics, so OTLP and
+Prometheus agree to the last digit. The SDK's PeriodicExportingMetricReader collects
+and exports on its own thread: a collector that is down or slow delays nothing else.
+The SDK exporter retries within `timeout_seconds` and logs every attempt; those lines
+are held back, and one line says when the collector went away (with the SDK's reason)
+and one when it came back. With cumulative temporality (the default) nothing is lost
+in between: the next export carries the whole total.
+
+Names follow the OpenTelemetry hardware semantic conventions (hw.energy, hw.power,
+hw.host.*, with hw.id, hw.type, hw.name); carbon has no convention yet and lives
+under carbonmeter.*.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider, ObservableCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+from exporter import __version__
+from exporter.config import Otlp
+from exporter.sinks.outage import Outage
+from exporter.snapshot import Snapshot
+from probes.base import Device
+
+log = logging.getLogger(__name__)
+
+# carbonmeter's device kinds as the semantic conventions' hw.type values. A platform
+# (RAPL psys) zone covers the SoC and more of the board: closest to an enclosure.
+HW_TYPES = {"cpu": "cpu", "dram": "memory", "ram": "memory", "gpu": "gpu",
+            "platform": "enclosure"}
+# Resource attributes from environment variables that a pod spec sets from the
+# Kubernetes downward API (fieldRef metadata.name, metadata.namespace, spec.nodeName).
+K8S_ENV = {"k8s.pod.name": ("K8S_POD_NAME", "POD_NAME"),
+           "k8s.namespace.name": ("K8S_NAMESPACE_NAME", "POD_NAMESPACE"),
+           "k8s.node.name": ("K8S_NODE_NAME", "NODE_NAME")}
+HOST_ID = "host"  # hw.id of the hw.host.* series
+
+
+def resource(env: typing.Mapping[str, str] | None = None) -> Resource:
+    """service.*, host.name and Kubernetes names; OTEL_RESOURCE_ATTRIBUTES and
+    OTEL_SERVICE_NAME, which the user set on purpose, win over what is detected here."""
+    env = os.environ if env is None else env
+    attrs = {"service.name": "carbonmeter", "service.version": __version__,
+             "host.name": socket.gethostname()}
+    for key, names in K8S_ENV.items():
+        value = next((env[n] for n in names if env.get(n)), None)
+        if value:
+            attrs[key] = value
+    return Resource.create(attrs).merge(OTELResourceDetector().detect())
+
+
+def device_attributes(d: Device) -> dict[str, str]:
+    return {"hw.id": d.uid or d.id, "hw.type": HW_TYPES.get(d.kind, d.kind),
+            "hw.name": d.name or d.id,
+            # the Prometheus labels, to join the two
+            "carbonmeter.device": d.id, "carbonmeter.source": d.source}
+
+
+class _HeldLogs(logging.Handler):
+    """Holds what the SDK exporter logs while this sink's export runs on the current
+    thread (a line per retry); anything logged elsewhere goes on to the usual handlers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held = getattr(self.local, "held", None)
+        if held is not None:
+            held.append(record)
+        else:
+            logging.getLogger().handle(record)
+
+    def __enter__(self) -> list[logging.LogRecord]:
+        self.local.held = []
+        return self.local.held
+
+    def __exit__(self, *exc: object) -> None:
+        self.local.held = None
+
+
+def _reason(held: list[logging.LogRecord], transport: Exception | None) -> str:
+    """Why an export failed: the SDK's final error, and the error underneath it (from
+    the SDK's last retry line, or the HTTP transport, which the SDK does not log)."""
+    errors = [r for r in held if r.levelno >= logging.ERROR]
+    retries = [r for r in held if r.levelno == logging.WARNING]
+    lines = [r.getMessage().splitlines()[0] for r in (errors[-1:] + retries[-1:])]
+    if transport is not None and not retries:
+        inner = getattr(transport.args[0], "reason", None) if transport.args else None
+        lines.append(str(inner or transport))
+    return "; ".join(line[:300] for line in lines) or "the export failed"
+
+
+def _http_session() -> typing.Any:
+    """A requests session for the HTTP exporter that keeps an explicit CA file: requests
+    lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE replace it (psf/requests#3829); and that
+    remembers the last transport error, which the SDK does not log."""
+    import requests
+
+    class Session(requests.Session):
+        last_error: Exception | None = None
+
+        def merge_environment_settings(self, *args: typing.Any) -> dict[str, typing.Any]:
+            settings = super().merge_environment_settings(*args)
+            if isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+        def send(self, request: typing.Any, **kwargs: typing.Any) -> typing.Any:
+            try:
+                return super().send(request, **kwargs)
+            except Exception as e:
+                self.last_error = e
+                raise
+
+    return Session()
+
+
+class _OutageLogged(MetricExporter):
+    """The SDK exporter, its failures logged as outages instead of per attempt."""
+
+    def __init__(self, inner: MetricExporter, outage: Outage, held: _HeldLogs,
+                 session: typing.Any = None) -> None:
+        super().__init__(preferred_temporality=inner._preferred_temporality,
+                         preferred_aggregation=inner._preferred_aggregation)
+        self.inner, self.outage, self.held, self.session = inner, outage, held, session
+        self.delivered = False  # whether the last export reached the collector
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: typing.Any) -> MetricExportResult:
+        if self.session is not None:
+            self.session.last_error = None
+        with self.held as lines:
+            try:
+                result = self.inner.export(metrics_data, timeout_millis=timeout_millis,
+                                           **kwargs)
+                reason = _reason(lines, getattr(self.session, "last_error", None))
+            except Exception as e:  # an exporter bug must not end the export thread
+                result, reason = MetricExportResult.FAILURE, f"{type(e).__name__}: {e}"
+        self.delivered = result is MetricExportResult.SUCCESS
+        if self.delivered:
+            self.outage.succeeded()
+        else:
+            self.outage.failed(reason)
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: typing.Any) -> None:
+        with self.held:
+            self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def _sdk_exporter(cfg: Otlp, session: typing.Any) -> MetricExporter:
+    # Explicit, so the SDK's own reading of OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+    # cannot contradict the resolved configuration. Gauges have no temporality.
+    temporality = {ObservableCounter: AggregationTemporality.DELTA
+                   if cfg.temporality == "delta" else AggregationTemporality.CUMULATIVE}
+    headers = cfg.headers or None
+    if cfg.protocol == "grpc":
+        # gRPC's C core logs connection events (a collector's GOAWAY, ...) to stderr
+        # itself; failures reach the log through the exporter. Read when grpc loads.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        credentials = None
+        if not cfg.insecure and (cfg.certificate or cfg.client_certificate):
+            import grpc
+
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(cfg.certificate), private_key=_read(cfg.client_key),
+                certificate_chain=_read(cfg.client_certificate))
+        return OTLPMetricExporter(endpoint=cfg.endpoint, insecure=cfg.insecure,
+                                  credentials=credentials,
+                                  # gRPC refuses metadata keys with capitals
+                                  headers={k.lower(): v for k, v in (headers or {}).items()}
+                                  or None,
+                                  timeout=cfg.timeout_seconds,
+                                  preferred_temporality=temporality)
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpExporter,
+    )
+
+    return HttpExporter(endpoint=cfg.endpoint, certificate_file=cfg.certificate,
+                        client_certificate_file=cfg.client_certificate,
+                        client_key_file=cfg.client_key, headers=headers, session=session,
+                        timeout=cfg.timeout_seconds, preferred_temporality=temporality)
+
+
+class OtlpSink:
+    """Exports every `cfg.interval_seconds` until close(), which exports once more."""
+
+    def __init__(self, cfg: Otlp, latest: Callable[[], Snapshot]) -> None:
+        self.cfg = cfg
+        self.what = f"OTLP export to {cfg.endpoint} ({cfg.protocol})"
+        self.held = _HeldLogs()
+        sdk_logs = logging.getLogger("opentelemetry.exporter")
+        sdk_logs.addHandler(self.held)
+        sdk_logs.propagate = False
+        self.outage = Outage(log, self.what, cfg.interval_seconds)
+        session = _http_session() if cfg.protocol == "http/protobuf" else None
+        self.exporter = _OutageLogged(_sdk_exporter(cfg, session), self.outage, self.held,
+                                      session)
+        self._latest = latest
+        self._pinned: Snapshot | None = None
+        self._attrs: dict[Device, dict[str, str]] = {}
+        self._host = {"hw.id": HOST_ID, "hw.name": socket.gethostname()}
+        sink = self
+
+        class Reader(PeriodicExportingMetricReader):
+            def collect(self, timeout_millis: float = 10_000) -> None:
+                # one snapshot for every instrument of this collection, as one scrape
+                sink._pinned = sink._latest()
+                try:
+                    super().collect(timeout_millis=timeout_millis)
+                finally:
+                    sink._pinned = None
+
+        self.reader = Reader(self.exporter,
+                             export_interval_millis=cfg.interval_seconds * 1000,
+                             export_timeout_millis=cfg.timeout_seconds * 1000)
+        self.provider = MeterProvider(metric_readers=[self.reader], resource=resource(),
+                                      shutdown_on_exit=False)
+        self._instruments()
+
+    def _snapshot(self) -> Snapshot:
+        return self._pinned if self._pinned is not None else self._latest()
+
+    def _device(self, d: Device) -> dict[str, str]:
+        attrs = self._attrs.get(d)
+        if attrs is None:
+            attrs = self._attrs[d] = device_attributes(d)
+        return attrs
+
+    def _instruments(self) -> None:
+        meter = self.provider.get_meter("carbonmeter", __version__)
+
+        def energy(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(t.energy_j, self._device(t.device))
+                    for t in self._snapshot().devices]
+
+        def power(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(t.power_w, self._device(t.device))
+                    for t in self._snapshot().devices if t.power_w is not None]
+
+        def emissions(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(t.emissions_g, self._device(t.device))
+                    for t in self._snapshot().devices]
+
+        def host_energy(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(self._snapshot().host_energy_j, self._host)]
+
+        def host_power(_: CallbackOptions) -> Iterable[Observation]:
+            watts = self._snapshot().host_power_w
+            return [] if watts is None else [Observation(watts, self._host)]
+
+        def intensity(_: CallbackOptions) -> Iterable[Observation]:
+            i = self._snapshot().intensity
+            return [Observation(i.g_per_kwh, {"carbonmeter.region": i.region,
+                                              "carbonmeter.provider": i.provider})]
+
+        counter, gauge = meter.create_observable_counter, meter.create_observable_gauge
+        for create, name, callback, unit, description in (
+            (counter, "hw.energy", energy, "J",
+             "Energy consumed by the component since carbonmeter started measuring it."),
+            (gauge, "hw.power", power, "W",
+             "Mean power of the component over the last sampling interval."),
+            (counter, "hw.host.energy", host_energy, "J", "Energy of all measured "
+             "components together; they never overlap, so this is their sum."),
+            (gauge, "hw.host.power", host_power, "W",
+             "Mean power of all measured components over the last sampling interval."),
+            (counter, "carbonmeter.emissions", emissions, "g", "CO2-equivalent emitted for "
+             "the component's energy, PUE applied, at each interval's intensity."),
+            (gauge, "carbonmeter.carbon_intensity", intensity, "g/kWh",
+             "Carbon intensity of the grid in use, gCO2eq/kWh."),
+        ):
+            create(name, [callback], unit=unit, description=description)
+
+    def close(self) -> bool:
+        """Export the latest totals once more and stop; True when that export arrived."""
+        self.provider.shutdown(timeout_millis=self.cfg.timeout_seconds * 1000 + 1000)
+        if not self.exporter.delivered:
+            log.warning("%s: the final export did not arrive; the collector keeps the "
+                        "totals of the last export that did", self.what)
+        sdk_logs = logging.getLogger("opentelemetry.exporter")
+        sdk_logs.removeHandler(self.held)
+        sdk_logs.propagate = True
+        return self.exporter.delivered
+
+
+def start(cfg: Otlp, latest: Callable[[], Snapshot]) -> OtlpSink:
+    sink = OtlpSink(cfg, latest)
+    log.info("%s every %gs, %s temporality", sink.what, cfg.interval_seconds,
+             cfg.temporality)
+    return sink
