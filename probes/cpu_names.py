@@ -164,5 +164,8 @@ def parse_tdp_table(text: str) -> dict[str, float]:
     Skips the ``#`` citation lines at the top. Kept here, with no file access, so the caller
     decides where the bundled file comes from (a checkout or an installed wheel).
     """
-    body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
-    return {row["model"]: float(row["tdp_watts"]) for row in csv.DictReader(io.StringIO(body))}
+    rows = csv.reader(io.StringIO(
+        "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))))
+    header = next(rows)
+    model, tdp = header.index("model"), header.index("tdp_watts")
+    return {row[model]: float(row[tdp]) for row in rows}
