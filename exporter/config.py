@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,12 @@ MIX_SOURCES = (
     "coal", "oil", "natural_gas", "nuclear", "hydro", "wind", "solar", "biomass",
     "geothermal", "other",
 )  # fmt: skip
-PROBE_NAMES = ("rapl", "nvml", "cpu_model", "ram_model")
+# In the order discovery tries them (exporter/discovery.py).
+PROBE_NAMES = ("rapl", "amd_energy", "hwmon", "nvml", "powermetrics", "powergadget", "ipmi",
+               "redfish", "declared", "cpu_model", "ram_model")
+KINDS = ("cpu", "dram", "gpu", "ram", "platform", "other")  # as probes.base.KINDS
+HWMON_KINDS = (*KINDS, "host")  # "host": a meter of the whole host
+DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 
 class ConfigError(Exception):
@@ -73,6 +79,56 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class Hwmon:
+    include: list[str]
+    exclude: list[str]
+    kinds: dict[str, str] = field(**_limits(values=HWMON_KINDS))
+
+
+@dataclass(frozen=True)
+class Powermetrics:
+    command: str
+    interval_ms: float | None = field(**_limits(min=100, max=3_600_000))
+
+
+@dataclass(frozen=True)
+class Powergadget:
+    command: str | None
+    log: str | None
+    resolution_ms: float = field(**_limits(min=50, max=60_000))
+
+
+@dataclass(frozen=True)
+class Ipmi:
+    command: str
+    args: list[str]
+    timeout_seconds: float = field(**_limits(min=0.5, max=120))
+
+
+@dataclass(frozen=True)
+class Redfish:
+    url: str | None = field(**_limits(check="url"))
+    username: str | None
+    password_env: str
+    password_file: str | None
+    auth: str = field(**_limits(choices=("basic", "session")))
+    verify_tls: bool
+    ca_file: str | None
+    timeout_seconds: float = field(**_limits(min=0.5, max=120))
+    chassis: list[str]
+
+
+@dataclass(frozen=True)
+class DeclaredDevice:
+    """One constant-power device in the top-level `declared:` list."""
+
+    id: str = field(**_limits(check="device_id"))
+    kind: str = field(**_limits(choices=KINDS))
+    watts: float = field(**_limits(min=0, max=1_000_000))
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class Cpu:
     tdp_watts: float | None = field(**_limits(min=1, max=100_000))
 
@@ -99,10 +155,16 @@ class Config:
     paths: Paths
     probes: Probes
     rapl: Rapl
+    hwmon: Hwmon
     gpu: Gpu
+    powermetrics: Powermetrics
+    powergadget: Powergadget
+    ipmi: Ipmi
+    redfish: Redfish
     cpu: Cpu
     ram: Ram
     carbon: Carbon
+    declared: list[DeclaredDevice]
     source: str = "built-in defaults"  # where it came from, for messages
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,6 +235,9 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any], origin: str) -> None:
     for name, values in overlay.items():
         if name not in sections:
             raise _unknown(origin, str(name), sections)
+        if _is_list(sections[name]):  # a list section (declared:) is replaced whole
+            base[name] = values
+            continue
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -192,29 +257,50 @@ def _apply_env(data: dict[str, Any], env: typing.Mapping[str, str]) -> None:
             continue
         rest = var[len(ENV_PREFIX):].lower()
         for name, cls in sections.items():
-            if rest.startswith(name + "_"):
+            if rest == name and _is_list(cls):
+                data[name] = _env_value(raw)
+                break
+            if rest.startswith(name + "_") and not _is_list(cls):
                 key = rest[len(name) + 1:]
                 if key in {f.name for f in dataclasses.fields(cls)}:
-                    try:
-                        data[name][key] = yaml.safe_load(raw) if raw != "" else None
-                    except yaml.YAMLError:
-                        data[name][key] = raw
+                    data[name][key] = _env_value(raw)
                     break
         else:
-            known = [f"{ENV_PREFIX}{n.upper()}_{f.name.upper()}"
-                     for n, c in sections.items() for f in dataclasses.fields(c)]
+            known = [f"{ENV_PREFIX}{n.upper()}" if _is_list(c) else
+                     f"{ENV_PREFIX}{n.upper()}_{f.name.upper()}"
+                     for n, c in sections.items()
+                     for f in ([None] if _is_list(c) else dataclasses.fields(c))]
             raise _unknown("environment", var, known)
 
 
+def _env_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        return raw
+
+
+def _is_list(hint: Any) -> bool:
+    return typing.get_origin(hint) is list
+
+
 def _build(data: dict[str, Any], origin: str) -> Config:
-    built = {}
+    built: dict[str, Any] = {}
     for name, cls in _sections().items():
+        if _is_list(cls):
+            built[name] = _check(f"{origin}: {name}", data[name], cls, {})
+            continue
         hints = typing.get_type_hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
             values[f.name] = _check(f"{origin}: {name}.{f.name}", data[name][f.name],
                                     hints[f.name], f.metadata)
         built[name] = cls(**values)
+    ids = [d.id for d in built["declared"]]
+    for i, device_id in enumerate(ids):
+        if device_id in ids[:i]:
+            raise ConfigError(f"{origin}: declared[{i}].id: '{device_id}' is declared twice; "
+                              "each device needs its own id")
     cfg = Config(**built, source=origin)
     if cfg.carbon.mix is not None and sum(cfg.carbon.mix.values()) <= 0:
         raise ConfigError(f"{origin}: carbon.mix: shares must add up to more than 0")
@@ -234,6 +320,11 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
     if origin is list:
         if value is None:
             value = []
+        item = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(item):
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: must be a list of mappings, got {_show(value)}")
+            return [_record(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
         if isinstance(value, (str, int)):
             value = [value]
         if not isinstance(value, list):
@@ -248,11 +339,13 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a mapping, got {_show(value)}")
         keys = meta.get("keys", ())
+        values_hint = typing.get_args(hint)[1]
+        value_meta = {**meta, "choices": meta.get("values", ())}
         out = {}
         for k, v in value.items():
             if keys and k not in keys:
                 raise _unknown(where, str(k), keys)
-            out[str(k)] = _check(f"{where}.{k}", v, float, meta)
+            out[str(k)] = _check(f"{where}.{k}", v, values_hint, value_meta)
         return out
     if hint is bool:
         if not isinstance(value, bool):
@@ -274,8 +367,34 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
             raise ConfigError(f"{where}: '{value}' is not one of {', '.join(meta['choices'])}")
         if meta.get("check") == "listen":
             parse_listen(value, where)
+        if meta.get("check") == "url" and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ConfigError(f"{where}: '{value}' must be the BMC's base URL, "
+                              "https://HOST[:PORT] (http:// also works)")
+        if meta.get("check") == "device_id" and not DEVICE_ID.fullmatch(value):
+            raise ConfigError(f"{where}: '{value}' must be lower-case letters, digits, '.', "
+                              "'_' or '-', starting with a letter or digit (e.g. switch-1)")
         return value
     raise TypeError(f"no check for {hint!r}")  # a programming error, caught by the tests
+
+
+def _record(where: str, value: Any, cls: Any) -> Any:
+    """One mapping of a list section (declared[2]) checked against its dataclass."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a mapping of keys, got {_show(value)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    origin, _, path = where.rpartition(": ")
+    for key in value:
+        if key not in fields:
+            raise _unknown(origin, f"{path}.{key}", [f"{path}.{k}" for k in fields])
+    values = {}
+    for name, f in fields.items():
+        if name not in value:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{where}: '{name}' is missing (keys: {', '.join(fields)})")
+            continue
+        values[name] = _check(f"{where}.{name}", value[name], hints[name], f.metadata)
+    return cls(**values)
 
 
 def _range(meta: typing.Mapping[str, Any]) -> str:

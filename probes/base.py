@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-KINDS = ("cpu", "dram", "gpu", "ram", "platform")
+KINDS = ("cpu", "dram", "gpu", "ram", "platform", "other")
+
+# Where a device's energy goes in the host totals (exporter/sampler.py, host_totals):
+PART = "part"  # a component inside the host (a CPU package, a GPU): summed into the host total
+HOST = "host"  # a meter of the whole host (the BMC over IPMI or Redfish, an ACPI power meter):
+# when one runs, it IS the host total and the parts stay a breakdown, never added to it
+BESIDE = "beside"  # outside the host yet accounted with it (a declared switch): always added
+SCOPES = (PART, HOST, BESIDE)
 
 
 class ProbeUnavailable(Exception):
@@ -35,6 +42,7 @@ class Device:
     # model over /proc/stat deltas), integrated as a rectangle; False when it is an
     # instantaneous sample (NVML, hwmon), integrated as a trapezoid.
     mean_power: bool = False
+    scope: str = PART  # one of SCOPES
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ def test_unknown_section(tmp_path):
     ("rapl:\n  psys: yes please\n", r"rapl.psys: must be true or false"),
     ("server:\n  listen: localhost\n", r"server.listen: 'localhost' must be HOST:PORT"),
     ("log:\n  level: loud\n", r"log.level: 'loud' is not one of debug, info, warning, error"),
-    ("probes:\n  disabled: [rapl, gpu]\n", r"'gpu' is not one of rapl, nvml, cpu_model"),
+    ("probes:\n  disabled: [rapl, gpu]\n", r"'gpu' is not one of rapl, amd_energy, hwmon, nvml"),
     ("carbon:\n  mix: {coal: 1, fusion: 1}\n", r"carbon.mix: unknown key 'fusion'"),
     ("carbon:\n  mix: {coal: 0}\n", r"shares must add up to more than 0"),
     ("- a\n- b\n", r"top level must be a mapping"),
