@@ -17,6 +17,7 @@ is, the probe declares the 32-bit wrap so the exporter's accounting unwraps it.
 from __future__ import annotations
 
 import errno
+import os
 import re
 from pathlib import Path
 
@@ -37,8 +38,12 @@ class AmdEnergyProbe:
     covers = frozenset({"cpu"})
 
     def __init__(self, paths: Paths) -> None:
-        sockets = [s for s in scan(paths.sysfs)
-                   if s.chip == CHIP and s.quantity == "energy" and _SOCKET.fullmatch(s.label)]
+        chip = [s for s in scan(paths.sysfs) if s.chip == CHIP and s.quantity == "energy"]
+        sockets = [s for s in chip if _SOCKET.fullmatch(s.label)]
+        if chip and not sockets:  # labels are 0440 too: unreadable, or not this driver's
+            label = chip[0].path.with_name(chip[0].path.name.replace("_input", "_label"))
+            if not os.access(label, os.R_OK):
+                raise ProbeUnavailable(self._root_only(label))
         if not sockets:
             raise ProbeUnavailable(
                 f"no amd_energy hwmon chip under {Path(paths.sysfs) / 'class/hwmon'}: not an "
@@ -49,9 +54,7 @@ class AmdEnergyProbe:
             try:
                 value = read_value(s.path)
             except PermissionError as e:
-                raise ProbeUnavailable(
-                    f"{s.path} is readable by root only (mode 0440 since CVE-2020-8694): run "
-                    "as root, or make the amd_energy files readable with a udev rule") from e
+                raise ProbeUnavailable(self._root_only(s.path)) from e
             except (OSError, ValueError) as e:
                 raise ProbeUnavailable(f"cannot read {s.path}: {_why(e)}") from e
             n = _SOCKET.fullmatch(s.label).group(1)  # type: ignore[union-attr]
@@ -67,6 +70,12 @@ class AmdEnergyProbe:
     def modes(self) -> dict[str, str]:
         return {d.id: f"{s.label}, {'64-bit' if d.wrap_uj is None else '32-bit (wraps at 65.5 kJ)'}"
                 f" counter" for s, d in self._sockets}
+
+    @staticmethod
+    def _root_only(path: Path) -> str:
+        return (f"{path} is readable by root only (the amd_energy driver makes its files 0440, "
+                "as RAPL since CVE-2020-8694): run as root, or make them readable with a udev "
+                "rule")
 
     def read(self) -> ProbeRead:
         readings: list[Reading] = []

@@ -56,6 +56,22 @@ def split_samples(buffer: bytes) -> tuple[list[bytes], bytes]:
         buffer = buffer[end:]
 
 
+def parse_samples(docs: list[bytes]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The samples among `docs`, and one line per document that is not a plist."""
+    import plistlib  # only on the hosts that run this probe
+
+    samples, errors = [], []
+    for doc in docs:
+        try:
+            sample = plistlib.loads(doc)
+        except Exception as e:  # plistlib raises several kinds on a damaged document
+            errors.append(f"powermetrics: skipped a sample that is not a plist: {e}")
+            continue
+        if isinstance(sample, dict):
+            samples.append(sample)
+    return samples, errors
+
+
 def sample_energy_mj(sample: dict[str, Any]) -> dict[str, float]:
     """Energy per component during one sample, in mJ: mean power × elapsed where the sample
     gives power (macOS 13+), else the energy it gives (macOS 12)."""
@@ -106,15 +122,16 @@ class PowermetricsProbe:
         return tuple(_COMPONENTS[c] for c in comps)
 
     def read(self) -> ProbeRead:
-        errors: list[str] = []
         if self._proc is None:  # died at the last read: start again
             try:
                 self._start()
             except ProbeUnavailable as e:
                 return ProbeRead([], [f"powermetrics: {e}"])
         ended = self._drain()
-        for raw in self._take_samples(errors):
-            for comp, mj in sample_energy_mj(raw).items():
+        docs, self._buffer = split_samples(self._buffer)
+        samples, errors = parse_samples(docs)
+        for sample in samples:
+            for comp, mj in sample_energy_mj(sample).items():
                 self._totals_mj[comp] = self._totals_mj.get(comp, 0.0) + mj
         if ended:
             errors.append(f"powermetrics: {self._stopped()}; starting it again")
@@ -167,21 +184,6 @@ class PowermetricsProbe:
             if not chunk:
                 return True
             self._buffer += chunk
-
-    def _take_samples(self, errors: list[str]) -> list[dict[str, Any]]:
-        import plistlib  # only on the hosts that run this probe
-
-        raw, self._buffer = split_samples(self._buffer)
-        samples = []
-        for doc in raw:
-            try:
-                sample = plistlib.loads(doc)
-            except Exception as e:  # plistlib raises several kinds on a damaged document
-                errors.append(f"powermetrics: skipped a sample that is not a plist: {e}")
-                continue
-            if isinstance(sample, dict):
-                samples.append(sample)
-        return samples
 
     def _stopped(self) -> str:
         """Why the process ended, in one line; forgets the process."""
