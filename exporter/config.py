@@ -27,8 +27,8 @@ MIX_SOURCES = (
     "geothermal", "other",
 )  # fmt: skip
 # In the order discovery tries them (exporter/discovery.py).
-PROBE_NAMES = ("rapl", "amd_energy", "hwmon", "nvml", "powermetrics", "powergadget", "ipmi",
-               "redfish", "declared", "cpu_model", "ram_model")
+PROBE_NAMES = ("rapl", "amd_energy", "hwmon", "nvml", "powermetrics", "powergadget", "redfish",
+               "ipmi", "declared", "cpu_model", "ram_model")
 KINDS = ("cpu", "dram", "gpu", "ram", "platform", "other")  # as probes.base.KINDS
 HWMON_KINDS = (*KINDS, "host")  # "host": a meter of the whole host
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")

@@ -2,7 +2,7 @@
 
 Probes are tried in the order of `PROBE_NAMES`: component sensors first (RAPL, then the
 amd_energy driver and hwmon for what RAPL does not cover, then GPUs and the macOS/Windows
-tools), then whole-host meters (IPMI, Redfish), then declared devices, and the estimates
+tools), then whole-host meters (Redfish when configured, else IPMI), then declared devices, and the estimates
 last. A later source stands down for what an earlier one already measures, so a CPU is never
 counted by both RAPL and the load model, and the host by two meters.
 """
@@ -131,7 +131,7 @@ def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
             reports.append(ProbeReport(name, False, "not needed: memory is measured by "
                                        + covered["dram"]))
             continue
-        if name in ("ipmi", "redfish") and host_meter:
+        if name in ("redfish", "ipmi") and host_meter:
             reports.append(ProbeReport(name, False, "not needed: the whole host is measured "
                                        f"by {host_meter}"))
             continue

@@ -115,3 +115,50 @@ def test_bundled_default_is_the_documented_example():
             at = lines.index(f"  {key}:" if key == "source_intensities" else
                              next(ln for ln in lines if ln.startswith(f"  {key}:")))
             assert lines[at - 1].strip().startswith("#"), f"{section}.{key} has no comment"
+
+
+def test_declared_devices_are_a_checked_list(tmp_path):
+    cfg = config.load(write(tmp_path, """
+declared:
+  - {id: switch-1, kind: other, watts: 45, name: ToR switch}
+  - {id: shelf-1, kind: platform, watts: 120.5}
+"""), env={})
+    assert [(d.id, d.kind, d.watts, d.name) for d in cfg.declared] == [
+        ("switch-1", "other", 45.0, "ToR switch"), ("shelf-1", "platform", 120.5, None)]
+    assert "- id: switch-1" in config.dump(cfg)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: b, kind: other, watts: 2}\n"
+     "  - {id: c, kind: other, watts: -3}\n", r"declared\[2\]\.watts: -3 is out of range"),
+    ("declared:\n  - {id: a, kind: other, wats: 1}\n",
+     r"unknown key 'declared\[0\]\.wats'; did you mean 'declared\[0\]\.watts'"),
+    ("declared:\n  - {id: a, kind: other}\n", r"declared\[0\]: 'watts' is missing"),
+    ("declared:\n  - {id: a, kind: fridge, watts: 1}\n",
+     r"declared\[0\]\.kind: 'fridge' is not one of cpu, dram, gpu, ram, platform, other"),
+    ("declared:\n  - {id: Switch 1, kind: other, watts: 1}\n",
+     r"declared\[0\]\.id: 'Switch 1' must be lower-case"),
+    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: a, kind: gpu, watts: 2}\n",
+     r"declared\[1\]\.id: 'a' is declared twice"),
+    ("declared: {id: a}\n", r"declared: must be a list of mappings"),
+    ("declared:\n  - switch\n", r"declared\[0\]: must be a mapping"),
+    ("hwmon:\n  kinds: {'amdgpu/*': gpu, 'x/y': fridge}\n",
+     r"hwmon\.kinds\.x/y: 'fridge' is not one of cpu, dram, gpu, ram, platform, other, host"),
+    ("redfish:\n  url: bmc.example.org\n", r"redfish\.url: 'bmc\.example\.org' must be the "
+                                           r"BMC's base URL"),
+    ("redfish:\n  auth: digest\n", r"redfish\.auth: 'digest' is not one of basic, session"),
+    ("ipmi:\n  timeout_seconds: 0\n", r"ipmi\.timeout_seconds: 0 is out of range"),
+])
+def test_probe_settings_errors_name_the_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=expected) as e:
+        config.load(path, env={})
+    assert str(path) in str(e.value)
+
+
+def test_declared_from_the_environment():
+    cfg = config.load(env={"CARBONMETER_DECLARED": "[{id: sw, kind: other, watts: 30}]",
+                           "CARBONMETER_REDFISH_URL": "https://10.0.0.5"})
+    assert cfg.declared[0].watts == 30 and cfg.redfish.url == "https://10.0.0.5"
+    with pytest.raises(ConfigError, match=r"declared\[0\]: 'kind' is missing"):
+        config.load(env={"CARBONMETER_DECLARED": "[{id: sw, watts: 30}]"})
