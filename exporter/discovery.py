@@ -2,9 +2,9 @@
 
 Probes are tried in the order of `PROBE_NAMES`: component sensors first (RAPL, then the
 amd_energy driver and hwmon for what RAPL does not cover, then GPUs and the macOS/Windows
-tools), then whole-host meters (Redfish when configured, else IPMI), then declared devices, and the estimates
-last. A later source stands down for what an earlier one already measures, so a CPU is never
-counted by both RAPL and the load model, and the host by two meters.
+tools), then whole-host meters (Redfish when configured, else IPMI), then declared devices,
+and the estimates last. A later source stands down for what an earlier one already measures,
+so a CPU is never counted by both RAPL and the load model, and the host by two meters.
 """
 
 from __future__ import annotations

@@ -113,7 +113,14 @@ class PowermetricsProbe:
         self._buffer = b""
         self._totals_mj: dict[str, float] = {}
         self._proc: subprocess.Popen[bytes] | None = None
-        self._start()
+        try:
+            self._start()
+        except ProbeUnavailable as e:
+            if "ane_power" not in str(e):
+                raise
+            # macOS 12 has no ane_power sampler; its cpu_power sampler reports the ANE.
+            self._argv[self._argv.index(SAMPLERS)] = "cpu_power,gpu_power"
+            self._start()
         self.modes = {"cpu, gpu, ane": f"a sample every {self._argv[-1]} ms"}
 
     @property

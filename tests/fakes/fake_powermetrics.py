@@ -6,7 +6,8 @@ document, and keeps running until it is killed. The samples come from the file n
 FAKE_POWERMETRICS_STREAM (a recorded-format stream, tests/fixtures/powermetrics.py). Each
 sample is written in two pieces with a pause between them, so a reader sees a partial
 document at a pipe boundary. FAKE_POWERMETRICS_EXIT_AFTER=N makes it fail after N samples;
-FAKE_POWERMETRICS_UNPRIVILEGED=1 makes it behave as when run without root.
+FAKE_POWERMETRICS_UNPRIVILEGED=1 makes it behave as when run without root;
+FAKE_POWERMETRICS_NO_ANE=1 rejects the ane_power sampler, which macOS 12 lacks.
 """
 
 import os
@@ -20,6 +21,10 @@ def main() -> int:
     if "-f" not in args or args[args.index("-f") + 1] != "plist":
         print("fake powermetrics: only -f plist is recorded", file=sys.stderr)
         return 2
+    samplers = args[args.index("--samplers") + 1].split(",") if "--samplers" in args else []
+    if "ane_power" in samplers and os.environ.get("FAKE_POWERMETRICS_NO_ANE"):
+        print("powermetrics: unrecognized sampler: ane_power", file=sys.stderr)
+        return 1
     if os.geteuid() != 0 or os.environ.get("FAKE_POWERMETRICS_UNPRIVILEGED"):
         print("powermetrics must be invoked as the superuser", file=sys.stderr)
         return 1

@@ -100,9 +100,11 @@ def test_probe_counts_every_sample_exactly_across_pipe_boundaries(fake_powermetr
         probe.close()
 
 
-def test_macos_12_stream_adds_dram(fake_powermetrics) -> None:
+def test_macos_12_stream_adds_dram(fake_powermetrics, monkeypatch) -> None:
+    """macOS 12: no ane_power sampler (cpu_power reports the ANE), energy keys, and DRAM."""
     samples = [monterey(i, cpu_mj=900 + i, gpu_mj=100, ane_mj=5, dram_mj=60) for i in range(2)]
     fake_powermetrics(samples)
+    monkeypatch.setenv("FAKE_POWERMETRICS_NO_ANE", "1")
     probe = make()
     try:
         wait_for(lambda: {r.device.id: r.counter_uj for r in probe.read().readings}
