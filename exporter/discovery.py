@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 class ProbeReport:
     name: str
     available: bool
-    reason: str = ""  # why not, or a note on how it measures
+    reason: str = ""  # why not, or the notes on how it measures, in one line
     devices: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # how it measures, one per line
 
 
 def _tdp_table() -> dict[str, float]:
@@ -99,7 +100,7 @@ def _make(name: str, cfg: Config, paths: Paths, measured: dict[str, str]) -> Pro
     raise ValueError(name)
 
 
-def _describe(probe: Probe) -> str:
+def _describe(probe: Probe) -> tuple[str, ...]:
     notes = []
     if getattr(probe, "tdp_note", ""):
         notes.append(f"TDP {probe.tdp_watts:g} W ({probe.tdp_note})")
@@ -109,7 +110,7 @@ def _describe(probe: Probe) -> str:
     skipped = getattr(probe, "skipped", None)
     if skipped:
         notes.extend(f"skipped {d}: {why}" for d, why in dict(skipped).items())
-    return "; ".join(notes)
+    return tuple(notes)
 
 
 def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
@@ -145,8 +146,9 @@ def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
             covered.setdefault(kind, probe.name)
         if not host_meter and any(d.scope == HOST for d in probe.devices):
             host_meter = probe.name
-        reports.append(ProbeReport(name, True, _describe(probe),
-                                   tuple(_device_line(d) for d in probe.devices)))
+        notes = _describe(probe)
+        reports.append(ProbeReport(name, True, "; ".join(notes),
+                                   tuple(_device_line(d) for d in probe.devices), notes))
     return probes, reports
 
 

@@ -33,7 +33,7 @@ from probes.base import Device, ProbeRead, ProbeUnavailable, Reading
 
 log = logging.getLogger(__name__)
 
-DISCONTINUED = ("Intel has discontinued Intel Power Gadget (no updates; newer CPUs may be "
+DISCONTINUED = ("Intel has discontinued Intel Power Gadget (no updates, and newer CPUs may be "
                 "unsupported)")
 DEFAULT_COMMANDS = {
     "win32": r"C:\Program Files\Intel\Power Gadget 3.6\PowerLog3.0.exe",
@@ -81,13 +81,16 @@ class PowerGadgetProbe:
         if log_file:
             self._follow = _Follower(Path(log_file))
             ids = self._follow.devices
-            self.modes = {"log": f"following {log_file}; {DISCONTINUED}"}
+            self.modes = {"log": f"following {log_file}", "note": DISCONTINUED}
         else:
             self._follow = None
-            self._argv = self._command(command, resolution_ms, interval, system, machine)
-            ids, _ = self._run_once(first=True)
-            self.modes = {"PowerLog": f"{' '.join(self._argv[:1])}, one log per "
-                          f"{self._argv[4]} s; {DISCONTINUED}"}
+            self._exe = self._command(command, system, machine)
+            self._resolution = str(round(resolution_ms))
+            # -duration is whole seconds: one log per interval, each adding its energy.
+            self._duration = max(1, min(3600, math.ceil(interval)))
+            ids, _ = self._run_once(seconds=1)  # a short first log: does the tool work here?
+            self.modes = {"PowerLog": f"{self._exe}, one log per {self._duration} s",
+                          "note": DISCONTINUED}
         if not ids:
             raise ProbeUnavailable("the PowerLog CSV has no 'Cumulative Processor Energy' "
                                    "column: not a PowerLog file?")
@@ -121,8 +124,7 @@ class PowerGadgetProbe:
     # -- running PowerLog ---------------------------------------------------------------------
 
     @staticmethod
-    def _command(command: str | None, resolution_ms: float, interval: float, system: str,
-                 machine: str | None) -> list[str]:
+    def _command(command: str | None, system: str, machine: str | None) -> str:
         if system not in DEFAULT_COMMANDS:
             raise ProbeUnavailable(f"Intel Power Gadget runs on Windows and Intel Macs only "
                                    f"(on Linux, rapl reads the same counters); {DISCONTINUED}")
@@ -134,21 +136,17 @@ class PowerGadgetProbe:
         if exe is None:
             raise ProbeUnavailable(f"PowerLog not found at {path}: install Intel Power Gadget "
                                    f"3.6 or set powergadget.command; {DISCONTINUED}")
-        # -duration is whole seconds: one log per interval, so each adds one interval's energy.
-        duration = max(1, min(3600, math.ceil(interval)))
-        return [exe, "-resolution", str(round(resolution_ms)), "-duration", str(duration)]
+        return exe
 
-    def _run_once(self, *, first: bool = False) -> tuple[list[str], dict[str, float]]:
-        """One PowerLog run (a 1-second one at discovery); its devices and energy."""
-        argv = list(self._argv)
-        if first:
-            argv[4] = "1"
+    def _run_once(self, seconds: int) -> tuple[list[str], dict[str, float]]:
+        """One PowerLog run of `seconds`: the devices in its log and their energy."""
         fd, name = tempfile.mkstemp(prefix="carbonmeter-powerlog-", suffix=".csv")
         os.close(fd)
         try:
             try:
-                done = subprocess.run([*argv, "-file", name], capture_output=True, text=True,
-                                      timeout=int(argv[4]) + 30)
+                done = subprocess.run([self._exe, "-resolution", self._resolution, "-duration",
+                                       str(seconds), "-file", name],
+                                      capture_output=True, text=True, timeout=seconds + 30)
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise ProbeUnavailable(f"PowerLog did not run: {e}") from e
             text = Path(name).read_text(errors="replace")
@@ -163,11 +161,11 @@ class PowerGadgetProbe:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                _, energy = self._run_once()
+                _, energy = self._run_once(self._duration)
             except ProbeUnavailable as e:
                 with self._lock:
                     self._errors.append(f"powergadget: {e}")
-                self._stop.wait(float(self._argv[4]))
+                self._stop.wait(self._duration)
                 continue
             with self._lock:
                 for device_id, joules in energy.items():

@@ -56,7 +56,7 @@ def test_powerlog_runs_back_to_back_and_each_log_adds_its_energy(fake_powerlog) 
     try:
         assert [(d.id, d.kind) for d in probe.devices] == [("package-0", "cpu"),
                                                           ("dram-0", "dram")]
-        assert DISCONTINUED in probe.modes["PowerLog"]
+        assert probe.modes["note"] == DISCONTINUED
         seen: list[dict[str, int]] = []
 
         def three_logs() -> bool:
