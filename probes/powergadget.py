@@ -180,6 +180,7 @@ class _Follower:
         self._offset = 0
         self._inode: int | None = None
         self._partial = b""
+        self._seen = b""  # the last bytes read, to notice the file rewritten under us
         self._columns: dict[int, str] = {}
         self._base: dict[str, float] = {}  # J of the logs before the current one
         self._last: dict[str, float] = {}  # J of the current log, from its start
@@ -192,13 +193,16 @@ class _Follower:
 
     def totals(self) -> dict[str, float]:
         st = os.stat(self.path)
-        if st.st_ino != self._inode or st.st_size < self._offset:  # replaced or truncated
-            self._new_log()
-            self._inode, self._offset, self._partial = st.st_ino, 0, b""
         with open(self.path, "rb") as f:
-            f.seek(self._offset)
+            f.seek(self._offset - len(self._seen))
+            if (st.st_ino != self._inode or st.st_size < self._offset
+                    or f.read(len(self._seen)) != self._seen):  # replaced or rewritten
+                self._new_log()
+                self._inode, self._offset, self._partial = st.st_ino, 0, b""
+                f.seek(0)
             data = f.read()
         self._offset += len(data)
+        self._seen = (self._seen + data)[-64:]
         *lines, self._partial = (self._partial + data).split(b"\n")
         for raw in lines:
             line = raw.decode(errors="replace").rstrip("\r")

@@ -58,6 +58,25 @@ def test_unknown_section(tmp_path):
     ("carbon:\n  mix: {coal: 0}\n", r"shares must add up to more than 0"),
     ("- a\n- b\n", r"top level must be a mapping"),
     ("carbon: [1\n", r"invalid YAML at line 2"),
+    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: b, kind: other, watts: 2}\n"
+     "  - {id: c, kind: other, watts: -3}\n", r"declared\[2\]\.watts: -3 is out of range"),
+    ("declared:\n  - {id: a, kind: other, wats: 1}\n",
+     r"unknown key 'declared\[0\]\.wats'; did you mean 'declared\[0\]\.watts'"),
+    ("declared:\n  - {id: a, kind: other}\n", r"declared\[0\]: 'watts' is missing"),
+    ("declared:\n  - {id: a, kind: fridge, watts: 1}\n",
+     r"declared\[0\]\.kind: 'fridge' is not one of cpu, dram, gpu, ram, platform, other"),
+    ("declared:\n  - {id: Switch 1, kind: other, watts: 1}\n",
+     r"declared\[0\]\.id: 'Switch 1' must be lower-case"),
+    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: a, kind: gpu, watts: 2}\n",
+     r"declared\[1\]\.id: 'a' is declared twice"),
+    ("declared: {id: a}\n", r"declared: must be a list of mappings"),
+    ("declared:\n  - switch\n", r"declared\[0\]: must be a mapping"),
+    ("hwmon:\n  kinds: {'amdgpu/*': gpu, 'x/y': fridge}\n",
+     r"hwmon\.kinds\.x/y: 'fridge' is not one of cpu, dram, gpu, ram, platform, other, host"),
+    ("redfish:\n  url: bmc.example.org\n", r"redfish\.url: 'bmc\.example\.org' must be the "
+                                           r"BMC's base URL"),
+    ("redfish:\n  auth: digest\n", r"redfish\.auth: 'digest' is not one of basic, session"),
+    ("ipmi:\n  timeout_seconds: 0\n", r"ipmi\.timeout_seconds: 0 is out of range"),
 ])
 def test_invalid_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -126,34 +145,6 @@ declared:
     assert [(d.id, d.kind, d.watts, d.name) for d in cfg.declared] == [
         ("switch-1", "other", 45.0, "ToR switch"), ("shelf-1", "platform", 120.5, None)]
     assert "- id: switch-1" in config.dump(cfg)
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: b, kind: other, watts: 2}\n"
-     "  - {id: c, kind: other, watts: -3}\n", r"declared\[2\]\.watts: -3 is out of range"),
-    ("declared:\n  - {id: a, kind: other, wats: 1}\n",
-     r"unknown key 'declared\[0\]\.wats'; did you mean 'declared\[0\]\.watts'"),
-    ("declared:\n  - {id: a, kind: other}\n", r"declared\[0\]: 'watts' is missing"),
-    ("declared:\n  - {id: a, kind: fridge, watts: 1}\n",
-     r"declared\[0\]\.kind: 'fridge' is not one of cpu, dram, gpu, ram, platform, other"),
-    ("declared:\n  - {id: Switch 1, kind: other, watts: 1}\n",
-     r"declared\[0\]\.id: 'Switch 1' must be lower-case"),
-    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: a, kind: gpu, watts: 2}\n",
-     r"declared\[1\]\.id: 'a' is declared twice"),
-    ("declared: {id: a}\n", r"declared: must be a list of mappings"),
-    ("declared:\n  - switch\n", r"declared\[0\]: must be a mapping"),
-    ("hwmon:\n  kinds: {'amdgpu/*': gpu, 'x/y': fridge}\n",
-     r"hwmon\.kinds\.x/y: 'fridge' is not one of cpu, dram, gpu, ram, platform, other, host"),
-    ("redfish:\n  url: bmc.example.org\n", r"redfish\.url: 'bmc\.example\.org' must be the "
-                                           r"BMC's base URL"),
-    ("redfish:\n  auth: digest\n", r"redfish\.auth: 'digest' is not one of basic, session"),
-    ("ipmi:\n  timeout_seconds: 0\n", r"ipmi\.timeout_seconds: 0 is out of range"),
-])
-def test_probe_settings_errors_name_the_key(tmp_path, text, expected):
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError, match=expected) as e:
-        config.load(path, env={})
-    assert str(path) in str(e.value)
 
 
 def test_declared_from_the_environment():

@@ -118,6 +118,11 @@ def test_following_a_log_a_user_runs(tmp_path: Path) -> None:
     assert counters()["package-0"] == 60_000_000
     path.write_text(header(1) + "\n" + rows(loads, 1.0, 1000)[0] + "\n")  # a new log
     assert counters() == {"package-0": 75_000_000, "dram-0": 12_500_000}
+    # PowerLog restarted again and wrote past the place we had read to before we looked:
+    # what we read last is no longer there, so the file is read again from its start.
+    busier = [Load(processor=20.0, ia=10.0, dram=3.0, gt=0.0)]
+    path.write_text(header(1) + "\n" + "\n".join(rows(busier, 8.0, 1000)) + "\n")
+    assert counters()["package-0"] == 75_000_000 + 160_000_000
     probe.close()
 
 
