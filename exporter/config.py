@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from probes.base import KINDS
+
 ENV_PREFIX = "CARBONMETER_"
 MAX_FILE_BYTES = 1 << 20  # a configuration is a page of YAML, not a megabyte
 MIX_SOURCES = (
@@ -29,7 +31,6 @@ MIX_SOURCES = (
 # In the order discovery tries them (exporter/discovery.py).
 PROBE_NAMES = ("rapl", "amd_energy", "hwmon", "nvml", "powermetrics", "powergadget", "redfish",
                "ipmi", "declared", "cpu_model", "ram_model")
-KINDS = ("cpu", "dram", "gpu", "ram", "platform", "other")  # as probes.base.KINDS
 HWMON_KINDS = (*KINDS, "host")  # "host": a meter of the whole host
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
