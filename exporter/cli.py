@@ -178,8 +178,8 @@ def probes(args: argparse.Namespace) -> int:
         print(f"{r.name:<{width}}  {state}")
         for d in r.devices:
             print(f"{'':<{width}}    {d}")
-        if r.reason:
-            print(f"{'':<{width}}    {r.reason}")
+        for line in r.notes or ((r.reason,) if r.reason else ()):
+            print(f"{'':<{width}}    {line}")
     for p in found:
         p.close()
     i = carbon.resolve(cfg.carbon).current()

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from exporter.units import UNITS
+from probes.base import KINDS
 
 ENV_PREFIX = "CARBONMETER_"
 MAX_FILE_BYTES = 1 << 20  # a configuration is a page of YAML, not a megabyte
@@ -28,7 +29,11 @@ MIX_SOURCES = (
     "coal", "oil", "natural_gas", "nuclear", "hydro", "wind", "solar", "biomass",
     "geothermal", "other",
 )  # fmt: skip
-PROBE_NAMES = ("rapl", "nvml", "cpu_model", "ram_model")
+# In the order discovery tries them (exporter/discovery.py).
+PROBE_NAMES = ("rapl", "amd_energy", "hwmon", "nvml", "powermetrics", "powergadget", "redfish",
+               "ipmi", "declared", "cpu_model", "ram_model")
+HWMON_KINDS = (*KINDS, "host")  # "host": a meter of the whole host
+DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 TEMPORALITIES = ("cumulative", "delta")
 SECRET = "<hidden>"  # what `config check` prints for passwords and header values
@@ -80,6 +85,56 @@ class Rapl:
 @dataclass(frozen=True)
 class Gpu:
     devices: list[str]
+
+
+@dataclass(frozen=True)
+class Hwmon:
+    include: list[str]
+    exclude: list[str]
+    kinds: dict[str, str] = field(**_limits(values=HWMON_KINDS))
+
+
+@dataclass(frozen=True)
+class Powermetrics:
+    command: str
+    interval_ms: float | None = field(**_limits(min=100, max=3_600_000))
+
+
+@dataclass(frozen=True)
+class Powergadget:
+    command: str | None
+    log: str | None
+    resolution_ms: float = field(**_limits(min=50, max=60_000))
+
+
+@dataclass(frozen=True)
+class Ipmi:
+    command: str
+    args: list[str]
+    timeout_seconds: float = field(**_limits(min=0.5, max=120))
+
+
+@dataclass(frozen=True)
+class Redfish:
+    url: str | None = field(**_limits(check="base_url"))
+    username: str | None
+    password_env: str
+    password_file: str | None
+    auth: str = field(**_limits(choices=("basic", "session")))
+    verify_tls: bool
+    ca_file: str | None
+    timeout_seconds: float = field(**_limits(min=0.5, max=120))
+    chassis: list[str]
+
+
+@dataclass(frozen=True)
+class DeclaredDevice:
+    """One constant-power device in the top-level `declared:` list."""
+
+    id: str = field(**_limits(check="device_id"))
+    kind: str = field(**_limits(choices=KINDS))
+    watts: float = field(**_limits(min=0, max=1_000_000))
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +260,12 @@ class Config:
     paths: Paths
     probes: Probes
     rapl: Rapl
+    hwmon: Hwmon
     gpu: Gpu
+    powermetrics: Powermetrics
+    powergadget: Powergadget
+    ipmi: Ipmi
+    redfish: Redfish
     cpu: Cpu
     ram: Ram
     carbon: Carbon
@@ -213,6 +273,7 @@ class Config:
     pushgateway: Pushgateway
     emissions_log: EmissionsLog
     embodied: Embodied
+    declared: list[DeclaredDevice]
     source: str = "built-in defaults"  # where it came from, for messages
 
     def as_dict(self) -> dict[str, Any]:
@@ -286,6 +347,9 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any], origin: str) -> None:
     for name, values in overlay.items():
         if name not in sections:
             raise _unknown(origin, str(name), sections)
+        if _is_list(sections[name]):  # a list section (declared:) is replaced whole
+            base[name] = values
+            continue
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -305,29 +369,50 @@ def _apply_env(data: dict[str, Any], env: typing.Mapping[str, str]) -> None:
             continue
         rest = var[len(ENV_PREFIX):].lower()
         for name, cls in sections.items():
-            if rest.startswith(name + "_"):
+            if rest == name and _is_list(cls):
+                data[name] = _env_value(raw)
+                break
+            if rest.startswith(name + "_") and not _is_list(cls):
                 key = rest[len(name) + 1:]
                 if key in {f.name for f in dataclasses.fields(cls)}:
-                    try:
-                        data[name][key] = yaml.safe_load(raw) if raw != "" else None
-                    except yaml.YAMLError:
-                        data[name][key] = raw
+                    data[name][key] = _env_value(raw)
                     break
         else:
-            known = [f"{ENV_PREFIX}{n.upper()}_{f.name.upper()}"
-                     for n, c in sections.items() for f in dataclasses.fields(c)]
+            known = [f"{ENV_PREFIX}{n.upper()}" if _is_list(c) else
+                     f"{ENV_PREFIX}{n.upper()}_{f.name.upper()}"
+                     for n, c in sections.items()
+                     for f in ([None] if _is_list(c) else dataclasses.fields(c))]
             raise _unknown("environment", var, known)
 
 
+def _env_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        return raw
+
+
+def _is_list(hint: Any) -> bool:
+    return typing.get_origin(hint) is list
+
+
 def _build(data: dict[str, Any], origin: str) -> Config:
-    built = {}
+    built: dict[str, Any] = {}
     for name, cls in _sections().items():
+        if _is_list(cls):
+            built[name] = _check(f"{origin}: {name}", data[name], cls, {})
+            continue
         hints = typing.get_type_hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
             values[f.name] = _check(f"{origin}: {name}.{f.name}", data[name][f.name],
                                     hints[f.name], f.metadata)
         built[name] = cls(**values)
+    ids = [d.id for d in built["declared"]]
+    for i, device_id in enumerate(ids):
+        if device_id in ids[:i]:
+            raise ConfigError(f"{origin}: declared[{i}].id: '{device_id}' is declared twice; "
+                              "each device needs its own id")
     cfg = Config(**built, source=origin)
     c = cfg.carbon
     if c.mix is not None and sum(c.mix.values()) <= 0:
@@ -405,7 +490,8 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
         if item is str and isinstance(value, (str, int)):
             value = [value]
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: must be a list, got {_show(value)}")
+            what = "a list of mappings" if dataclasses.is_dataclass(item) else "a list"
+            raise ConfigError(f"{where}: must be {what}, got {_show(value)}")
         if "length" in meta and len(value) != meta["length"]:
             raise ConfigError(f"{where}: must be a list of {meta['length']} values, "
                               f"got {len(value)}")
@@ -417,6 +503,8 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
             raise ConfigError(f"{where}: must be a mapping, got {_show(value)}")
         keys = meta.get("keys", ())
         item_type = typing.get_args(hint)[1]
+        # values may be limited too (hwmon.kinds: kind names), the keys by `keys`/`check`
+        item_meta = {**meta, "check": None, "choices": meta.get("values", ())}
         out = {}
         for k, v in value.items():
             if keys and k not in keys:
@@ -424,7 +512,7 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
             if meta.get("check") == "label_name" and not LABEL_NAME.fullmatch(str(k)):
                 raise ConfigError(f"{where}: '{k}' is not a Prometheus label name "
                                   "([a-zA-Z_][a-zA-Z0-9_]*)")
-            out[str(k)] = _check(f"{where}.{k}", v, item_type, {**meta, "check": None})
+            out[str(k)] = _check(f"{where}.{k}", v, item_type, item_meta)
         return out
     if hint is bool:
         if not isinstance(value, bool):
@@ -449,10 +537,16 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
             parse_listen(value, where)
         elif check == "url":
             check_url(value, where)
+        elif check == "base_url" and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ConfigError(f"{where}: '{value}' must be the BMC's base URL, "
+                              "https://HOST[:PORT] (http:// also works)")
         elif check == "file" and not Path(value).is_file():
             raise ConfigError(f"{where}: '{value}' is not a readable file")
         elif check == "timezone":
             _check_timezone(value, where)
+        elif check == "device_id" and not DEVICE_ID.fullmatch(value):
+            raise ConfigError(f"{where}: '{value}' must be lower-case letters, digits, '.', "
+                              "'_' or '-', starting with a letter or digit (e.g. switch-1)")
         return value
     raise TypeError(f"no check for {hint!r}")  # a programming error, caught by the tests
 
@@ -534,6 +628,8 @@ def dump(cfg: Config) -> str:
     password, header values that carry API keys) are replaced by a placeholder."""
     data = cfg.as_dict()
     for name, cls in _sections().items():
+        if not dataclasses.is_dataclass(cls):
+            continue  # a top-level list (declared) holds no secrets
         for f in dataclasses.fields(cls):
             value = data[name][f.name]
             if f.metadata.get("secret") and value:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from exporter.accounting import Accounting
 from exporter.carbon import Intensity, IntensitySource
 from exporter.embodied import Embodied
-from exporter.snapshot import ProbeStatus, ProviderStatus, Snapshot
-from probes.base import Probe
+from exporter.snapshot import DeviceTotal, ProbeStatus, ProviderStatus, Snapshot
+from probes.base import BESIDE, HOST, Probe
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ class Sampler:
         self.embodied = embodied
         self.providers = providers  # live providers' status; reading it never waits
         self.accounting = Accounting(pue)
+        # Decided once from what the probes found, not from what answered this interval, so
+        # the host counters never switch between a meter and a sum (and never go back).
+        self.metered = any(d.scope == HOST for p in probes for d in p.devices)
         self._errors = {p.name: 0 for p in probes}
         self._last_error = {p.name: "" for p in probes}
         self._up = {p.name: True for p in probes}
@@ -88,17 +91,15 @@ class Sampler:
     def _publish(self, intensity: Intensity) -> Snapshot:
         totals = self.accounting.totals()
         self._seq += 1
-        powers = [d.power_w for d in totals if d.power_w is not None]
+        energy, power, emissions = host_totals(totals, metered=self.metered)
         return Snapshot(
             seq=self._seq,
             taken_unix=time.time(),
             taken_monotonic=time.monotonic(),
             devices=totals,
-            # Every device the probes export is disjoint from the others (RAPL drops
-            # subzones and mirrors; psys replaces package + dram), so the host is the sum.
-            host_energy_j=sum(d.energy_j for d in totals),
-            host_power_w=sum(powers) if powers else None,
-            host_emissions_g=sum(d.emissions_g for d in totals),
+            host_energy_j=energy,
+            host_power_w=power,
+            host_emissions_g=emissions,
             intensity=intensity,
             pue=self.accounting.pue,
             probes=tuple(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
@@ -138,3 +139,21 @@ class Sampler:
         running = self._thread is not None and self._thread.is_alive()
         return running and time.monotonic() - self.heartbeat < max(3 * self.interval,
                                                                     self.interval + 5)
+
+
+def host_totals(totals: tuple[DeviceTotal, ...], *, metered: bool,
+                ) -> tuple[float, float | None, float]:
+    """The host's energy, power and emissions.
+
+    Without a whole-host meter the host is the sum of its devices: they never overlap (RAPL
+    drops subzones and mirrors, psys replaces package + DRAM, hwmon skips rails inside
+    others). With one (IPMI, Redfish, an ACPI power meter) the meter is the host, and the
+    devices inside it are a breakdown that is not added again; devices beside the host (a
+    declared switch) are added in both cases.
+    """
+    counted = [t for t in totals if t.device.scope in (HOST, BESIDE)] if metered else totals
+    powers = [t.power_w for t in counted if t.power_w is not None]
+    if metered and not any(t.power_w is not None for t in counted if t.device.scope == HOST):
+        powers = []  # the meter is silent: the host's power is unknown, not the switch's
+    return (sum(t.energy_j for t in counted), sum(powers) if powers else None,
+            sum(t.emissions_g for t in counted))

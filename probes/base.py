@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-KINDS = ("cpu", "dram", "gpu", "ram", "platform")
+KINDS = ("cpu", "dram", "gpu", "ram", "platform", "other")
+
+# Where a device's energy goes in the host totals (exporter/sampler.py, host_totals):
+PART = "part"  # a component inside the host (a CPU package, a GPU): summed into the host total
+HOST = "host"  # a meter of the whole host (the BMC over IPMI or Redfish, an ACPI power meter):
+# when one runs, it IS the host total and the parts stay a breakdown, never added to it
+BESIDE = "beside"  # outside the host yet accounted with it (a declared switch): always added
+SCOPES = (PART, HOST, BESIDE)
 
 
 class ProbeUnavailable(Exception):
@@ -38,6 +45,7 @@ class Device:
     # An identity the hardware itself carries, unique beyond this host (an NVIDIA GPU's
     # UUID), so a device can be followed across hosts and renumbering; "" when it has none.
     uid: str = ""
+    scope: str = PART  # one of SCOPES
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,10 +240,17 @@ def _dedupe(zones: list[_Zone]) -> list[_Zone]:
     return sorted(kept.values(), key=lambda z: (z.ctype != _PRIMARY, z.ctype, z.index))
 
 
+_MIRROR_ROUNDS = 5
+
+
 def _drop_die_mirrors(zones: list[_Zone]) -> list[_Zone]:
-    """Some kernels register a package-scoped register once per die (AMD CCDs reported as
-    dies): die zones of one package that read equal are one counter, kept once as package-N.
-    Distinct dies (their own registers, e.g. Cascade Lake-AP) never read equal."""
+    """Some kernels register a package-scoped register once per die (AMD Zen, whose CCDs the
+    kernel reports as dies since its 6.x topology code): die zones of one package that read
+    the same counter are one device, kept once as package-N. The dies are read together a
+    few rounds: mirrors agree in a round unless the register ticks (every ~1 ms) between two
+    reads a few µs apart, so agreement in any round proves a mirror; distinct registers (each
+    die its own, e.g. Cascade Lake-AP) count from different starts and never agree, except
+    all at zero, which proves nothing and is not taken as agreement."""
     groups: dict[str, list[_Zone]] = {}
     for z in zones:
         m = _PACKAGE.fullmatch(z.name)
@@ -251,7 +258,8 @@ def _drop_die_mirrors(zones: list[_Zone]) -> list[_Zone]:
             groups.setdefault(m.group(1), []).append(z)
     dropped: set[_Zone] = set()
     for pkg, dies in groups.items():
-        mirrored = len(dies) == 1 or any(_all_equal([_peek(z) for z in dies]) for _ in range(3))
+        mirrored = len(dies) == 1 or any(_mirrored([_peek(z) for z in dies])
+                                         for _ in range(_MIRROR_ROUNDS))
         if mirrored:
             dies[0].name = f"package-{pkg}"
             dropped.update(dies[1:])
@@ -260,8 +268,8 @@ def _drop_die_mirrors(zones: list[_Zone]) -> list[_Zone]:
     return [z for z in zones if z not in dropped]
 
 
-def _all_equal(values: list[int | None]) -> bool:
-    return None not in values and len(set(values)) == 1
+def _mirrored(values: list[int | None]) -> bool:
+    return None not in values and len(set(values)) == 1 and values[0] != 0
 
 
 def _peek(z: _Zone) -> int | None:

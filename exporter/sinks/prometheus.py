@@ -61,10 +61,11 @@ class SnapshotCollector:
                 power.add_metric(labels, d.power_w)
         yield from (energy, power, emissions)
         yield CounterMetricFamily(
-            "carbonmeter_host_energy_joules", "Energy of all measured devices together; "
-            "devices never overlap, so this is their sum.", s.host_energy_j, unit="joules")
+            "carbonmeter_host_energy_joules", "Energy of the host: the sum of its devices, or "
+            "where a whole-host meter runs (IPMI, Redfish) that meter plus devices beside the "
+            "host.", s.host_energy_j, unit="joules")
         if s.host_power_w is not None:
-            yield GaugeMetricFamily("carbonmeter_host_power_watts", "Mean power of all devices "
+            yield GaugeMetricFamily("carbonmeter_host_power_watts", "Mean power of the host "
                                     "over the last interval.", s.host_power_w, unit="watts")
         yield CounterMetricFamily(
             "carbonmeter_host_emissions_grams", "CO2-equivalent of the host's energy, PUE "
