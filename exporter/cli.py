@@ -51,8 +51,19 @@ def serve(args: argparse.Namespace) -> int:
     else:
         log.info("carbon intensity %g gCO2eq/kWh for %s (%s)", now.g_per_kwh, now.region,
                  now.source)
+    attributor = None
+    if cfg.attribution.level != "none":
+        from exporter import attribution
+
+        try:
+            attributor = attribution.build(cfg, probes)
+        except attribution.Unavailable as e:
+            log.error("attribution off: %s", e)
+        else:
+            log.info("attribution per %s (scope %s): %s", cfg.attribution.level,
+                     cfg.attribution.scope, attributor.source.method if attributor else "")
     sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
-                      interval=cfg.sampler.interval_seconds)
+                      interval=cfg.sampler.interval_seconds, attributor=attributor)
     try:
         server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive)
     except OSError as e:

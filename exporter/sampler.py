@@ -10,19 +10,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from exporter.accounting import Accounting
+from exporter.accounting import Accounting, EnergyDelta
 from exporter.carbon import IntensitySource
 from exporter.snapshot import ProbeStatus, Snapshot
 from probes.base import Probe
+
+if TYPE_CHECKING:
+    from exporter.attribution import Attributor
 
 log = logging.getLogger(__name__)
 
 
 class Sampler:
     def __init__(self, probes: list[Probe], intensity: IntensitySource, *, pue: float,
-                 interval: float) -> None:
+                 interval: float, attributor: Attributor | None = None) -> None:
         self.probes = probes
+        self.attributor = attributor  # shares each interval's energy among workloads
         self.intensity = intensity
         self.interval = interval
         self.accounting = Accounting(pue)
@@ -40,6 +45,7 @@ class Sampler:
         """Read every probe once and publish the new totals."""
         intensity = self.intensity.current()
         read_now: set[str] = set()
+        deltas: list[EnergyDelta] = []
         for probe in self.probes:
             try:
                 result = probe.read()
@@ -48,7 +54,9 @@ class Sampler:
                 continue
             t = time.monotonic()
             for reading in result.readings:
-                self.accounting.add(reading, t, intensity)
+                delta = self.accounting.add(reading, t, intensity)
+                if delta is not None:
+                    deltas.append(delta)
                 read_now.add(reading.device.id)
             if result.errors:
                 self._fail(probe.name, "; ".join(result.errors), count=len(result.errors),
@@ -60,6 +68,8 @@ class Sampler:
         for device_id in self._seen - read_now:
             self.accounting.lost(device_id)
         self._seen = read_now
+        if self.attributor is not None:
+            self.attributor.account(deltas, intensity, self.accounting.pue)
         self.latest = self._publish()
         self.heartbeat = time.monotonic()
         return self.latest
@@ -88,6 +98,7 @@ class Sampler:
             pue=self.accounting.pue,
             probes=tuple(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
                                      self._last_error[p.name]) for p in self.probes),
+            attribution=self.attributor.view() if self.attributor is not None else None,
         )
 
     def run(self) -> None:
@@ -114,6 +125,8 @@ class Sampler:
                 probe.close()
             except Exception as e:
                 log.debug("closing %s: %s", probe.name, e)
+        if self.attributor is not None:
+            self.attributor.close()
 
     def alive(self) -> bool:
         """False when no sample finished for three intervals (a hung probe, a dead thread)."""
