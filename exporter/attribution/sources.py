@@ -155,7 +155,7 @@ class CgroupSource:
 
     def _key(self, cg: cgroups.Cgroup) -> tuple[Key, Identity] | None:
         """The workload a cgroup's time goes to at this level, and its identity."""
-        if cg.kind == "pod":
+        if cg.kind == "pod" or (self.level == "pod" and cg.pod_uid):
             return self._pod_key(cg.pod_uid)
         if self.level != "container" or cg.kind == "":
             return None
