@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _POD_SYSTEMD = re.compile(r"kubepods(?:-besteffort|-burstable|-guaranteed)?-pod([0-9a-f_]{36})"
                           r"\.slice")
@@ -34,6 +35,7 @@ _RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"
              "libpod": "podman", "cri-dockerd": "docker", "": ""}
 # Directories that only hold other cgroups; walked into, read for their totals.
 _STRUCTURAL = {"kubepods", "burstable", "besteffort", "guaranteed", "docker", "libpod_parent"}
+_DIR_SUFFIXES = (".slice", ".scope", ".service")
 
 
 class CgroupsUnavailable(Exception):
@@ -86,6 +88,7 @@ class Cgroup:
     unit: str = ""
 
 
+@lru_cache(maxsize=1 << 16)  # names repeat every interval
 def pod_uid(name: str) -> str | None:
     """The pod UID in a pod cgroup's directory name (systemd or cgroupfs driver)."""
     m = _POD_SYSTEMD.fullmatch(name)
@@ -95,6 +98,7 @@ def pod_uid(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+@lru_cache(maxsize=1 << 16)
 def container_id(name: str) -> tuple[str, str] | None:
     """(id, runtime) of a container cgroup's directory name; None for anything else
     (a CRI-O ``crio-conmon-<id>.scope`` is the pod's monitor, not a container)."""
@@ -150,9 +154,12 @@ def walk(root: str, *, containers: bool) -> list[Cgroup]:
             continue
         with it:
             for entry in it:
+                name = entry.name
+                # most entries are the controllers' files (cpu.stat, memory.current, ...)
+                if "." in name and not name.endswith(_DIR_SUFFIXES):
+                    continue
                 if not entry.is_dir(follow_symlinks=False):
                     continue
-                name = entry.name
                 child = f"{rel}/{name}" if rel else name
                 here = rel or None
                 uid = pod_uid(name)

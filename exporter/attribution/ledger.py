@@ -27,14 +27,15 @@ Credit = dict[str, list[float]]
 
 
 class _Entry:
-    __slots__ = ("ended_at", "ended_clock", "identity", "power", "seen", "series", "total",
-                 "tracked")
+    __slots__ = ("ended_at", "ended_clock", "identity", "power", "power_at", "seen", "series",
+                 "total", "tracked")
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self.total = 0.0  # all energy since it appeared, for ranking
         self.series: dict[str, list[float]] = {}  # kind -> [energy, grams] in its own series
-        self.power: dict[str, float] = {}
+        self.power: dict[str, float] = {}  # this interval's, valid when power_at is it
+        self.power_at = 0
         self.tracked = False  # has its own series now
         self.seen = 0  # last interval it was present
         self.ended_at = 0  # interval it was found gone (0: alive)
@@ -51,6 +52,7 @@ class Ledger:
         self.exported = 0  # the last interval a sink exported
         self._dropped: dict[str, list[float]] = {}  # kind -> [J, g] of series dropped
         self.kinds: list[str] = []
+        self._kind_set: set[str] = set()
         self._entries: dict[Key, _Entry] = {}
         # host is left out where everything but the watched workloads is `other` (scope self)
         self._special = {k: _Entry(Identity(name, None)) for k, name in SPECIAL.items()
@@ -71,16 +73,20 @@ class Ledger:
             e = entries.get(key)
             if e is None:
                 e = entries[key] = _Entry(ident)
-            elif e.identity != ident:
+            elif e.identity is not ident and e.identity != ident:
                 e.identity = ident
             e.seen = n
+        kinds_seen = self._kind_set
         for key, kinds in credit.items():
             e = entries.get(key)
             if e is not None:
-                e.total += sum(v[0] for v in kinds.values())
-            for kind in kinds:
-                if kind not in self.kinds:
-                    self.kinds.append(kind)
+                for v in kinds.values():
+                    e.total += v[0]
+            if len(kinds_seen) < len(kinds) or not kinds_seen.issuperset(kinds):
+                for kind in kinds:
+                    if kind not in kinds_seen:
+                        kinds_seen.add(kind)
+                        self.kinds.append(kind)
         now = self.clock()
         for e in entries.values():
             if e.seen < n and not e.ended_at:
@@ -88,19 +94,22 @@ class Ledger:
         self._drop(now)
         self._select()
         other = self._special[OTHER]
-        for e in (*entries.values(), *self._special.values()):
-            e.power = {}
+        special = self._special
         for key, kinds in credit.items():
-            e = self._special.get(key) or entries.get(key)
+            e = special.get(key) or entries.get(key)
             if e is None or not e.tracked:
                 e = other
+            if e.power_at != n:
+                e.power_at = n
+                e.power = {}
+            series, power = e.series, e.power
             for kind, (joules, grams, watts) in kinds.items():
-                acc = e.series.get(kind)
+                acc = series.get(kind)
                 if acc is None:
-                    acc = e.series[kind] = [0.0, 0.0]
+                    acc = series[kind] = [0.0, 0.0]
                 acc[0] += joules
                 acc[1] += grams
-                e.power[kind] = e.power.get(kind, 0.0) + watts
+                power[kind] = power.get(kind, 0.0) + watts
 
     def _select(self) -> None:
         """Who has a series this interval: ended series stay (not counted in top_n)."""
@@ -160,16 +169,18 @@ class Ledger:
             if not e.tracked:
                 continue
             ident = e.identity
+            power = e.power if e.power_at == self.interval else {}
             alive = not e.ended_at
             for kind, (joules, grams) in e.series.items():
                 out.append(WorkloadRow(ident.workload, ident.labels or ("",) * width, kind,
                                        joules, grams,
-                                       e.power.get(kind, 0.0) if alive else None,
+                                       power.get(kind, 0.0) if alive else None,
                                        ident.attributes))
         blank = ("",) * width
         for e in self._special.values():
+            power = e.power if e.power_at == self.interval else {}
             for kind in self.kinds:
                 joules, grams = e.series.get(kind, (0.0, 0.0))
                 out.append(WorkloadRow(e.identity.workload, blank, kind, joules, grams,
-                                       e.power.get(kind, 0.0)))
+                                       power.get(kind, 0.0)))
         return tuple(out)

@@ -206,7 +206,7 @@ class NodeReader:
         with open(f"{self.procfs}/stat", "rb") as f:
             stat = f.read()
         ncpu = 0
-        busy = 0
+        busy = -1
         for line in stat.split(b"\n"):
             if line.startswith(b"cpu "):
                 # user nice system idle iowait irq softirq steal: guest is inside user, and
@@ -215,6 +215,8 @@ class NodeReader:
                 busy = v[0] + v[1] + v[2] + v[5] + v[6]
             elif line.startswith(b"cpu"):
                 ncpu += 1
+        if busy < 0:
+            raise ValueError(f"no cpu line in {self.procfs}/stat")
         total = free = 0
         with open(f"{self.procfs}/meminfo", "rb") as f:
             for line in f:

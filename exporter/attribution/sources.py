@@ -61,6 +61,7 @@ class CgroupSource:
         self._groups: dict[str, cgroups.Cgroup] = {}
         self._keys: dict[str, Key] = {}
         self._requests: dict[str, float] = {}
+        self._known: dict[str, tuple[Key, Identity]] = {}  # rel -> its workload, once named
         self._busy: float | None = None
 
     def sample(self) -> Interval | None:
@@ -70,6 +71,8 @@ class CgroupSource:
         groups: dict[str, cgroups.Cgroup] = {}
         for cg in found:
             v = self.reader.cpu_seconds(cg.rel)
+            if v is None:  # listed but unreadable for now: no time spent, not gone
+                v = self._prev.get(cg.rel)
             if v is not None:
                 now[cg.rel] = v
                 groups[cg.rel] = cg
@@ -80,13 +83,20 @@ class CgroupSource:
         for rel in old_groups.keys() - groups.keys():
             self.reader.forget(rel)
             self._requests.pop(rel, None)
+            self._known.pop(rel, None)
         keys: dict[str, Key] = {}
         present: dict[Key, Identity] = {}
+        known = self._known
         for rel, cg in groups.items():
-            ki = self._key(cg)
-            if ki is not None:
-                keys[rel] = ki[0]
-                present[ki[0]] = ki[1]
+            ki = known.get(rel)
+            if ki is None:
+                ki = self._key(cg)
+                if ki is None:
+                    continue
+                if ki[1].labels is not None and (ki[0][0] != "pod" or cg.kind == "pod"):
+                    known[rel] = ki  # named for good (a sandbox may yet be named a container)
+            keys[rel] = ki[0]
+            present[ki[0]] = ki[1]
         self.names.end_interval()
         self._prev, self._groups, self._keys = now, groups, keys
         if first:
@@ -249,11 +259,19 @@ class ProcessSource:
         comm = p.comm.decode(errors="replace")
         attrs = (("process.pid", str(p.pid)), ("process.executable.name", comm))
         ident = Identity("process", (str(p.pid), comm), attrs)
-        if self.only_pod is not None:
-            path = cgroups.cgroup_path(self.table.cgroup_of(p.pid), self.cgroup_version)
-            if path is None or cgroups.classify_path(path).pod_uid != self.only_pod:
-                ident = None  # not ours: its time is the rest of the node's
+        if self.only_pod is not None and not self._ours(p.pid):
+            ident = None  # not ours: its time is the rest of the node's
         p.ident = ident
+
+    def _ours(self, pid: int) -> bool:
+        """Is the process in this pod? Its cgroup path names the pod; or the kernel shows the
+        path relative to a cgroup namespace ("/", "/../<sibling>"), as it does to a sidecar
+        reading its own /proc in a pod that shares its process namespace."""
+        path = cgroups.cgroup_path(self.table.cgroup_of(pid), self.cgroup_version)
+        if path is None:
+            return False
+        uid = cgroups.classify_path(path).pod_uid
+        return uid == self.only_pod or (not uid and (path == "/" or path.startswith("/..")))
 
     def sample(self) -> Interval | None:
         deltas, first, busy, node = self._deltas()

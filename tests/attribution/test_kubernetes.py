@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from exporter.attribution.kubernetes import Kubelet, own_pod, parse_pod_list
-from tests.attribution.helpers import CPU, attributor, step, table
+from tests.attribution.helpers import CPU, attributor, step
 from tests.fixtures.node import standard_node
 from tests.helpers import require, wait_for
 
@@ -82,8 +82,8 @@ def test_containers_named_by_the_kubelet_and_the_sandbox_is_the_pods(ram_path):
         a = attributor(node, "container", kubelet_url=url, idle_watts={"cpu": 0},
                        min_energy_joules=0)
         a.source.names.kubelet.min_interval = 0.05  # tests need not wait 5 s between asks
-        side = [p.pid for p in node.procs.values() if p.cgroup == sn.sidecar][0]
-        pause = [p.pid for p in node.procs.values() if p.cgroup == sn.web.sandbox][0]
+        side = next(p.pid for p in node.procs.values() if p.cgroup == sn.sidecar)
+        pause = next(p.pid for p in node.procs.values() if p.cgroup == sn.web.sandbox)
 
         def one():
             node.run(side, 0.3)

@@ -133,3 +133,25 @@ def test_sidecar_at_process_level_sees_only_its_pods_processes(ram_path):
     comm = node.procs[mine].comm
     assert got == pytest.approx({("process", str(mine), comm): 3.0, ("other", "", ""): 7.0,
                                  ("unattributed", "", ""): 0.0})
+
+
+def test_sidecar_sharing_the_pods_process_namespace_sees_hidden_paths_as_its_own(ram_path):
+    # In a private cgroup namespace (cgroup v2's default for containers) the kernel writes
+    # /proc/<pid>/cgroup relative to the reader's cgroup: "0::/" for its own container,
+    # "0::/../cri-containerd-<id>.scope" for the pod's other containers.
+    sn = standard_node(ram_path, processes=50)
+    node = sn.node
+    mine = [p.pid for p in node.procs.values() if p.cgroup == sn.sidecar][:2]
+    node.flush()
+    (node.procfs / str(mine[0]) / "cgroup").write_text("0::/\n")
+    (node.procfs / str(mine[1]) / "cgroup").write_text("0::/../cri-containerd-" + "e" * 64 +
+                                                       ".scope\n")
+    a = attributor(node, "process", scope="self", env={"POD_UID": sn.web.uid},
+                   idle_watts={"cpu": 0})
+    node.run(mine[0], 0.1)
+    node.run(mine[1], 0.1)
+    node.run(next(p for p in node.procs if node.procs[p].cgroup == sn.services[0]), 0.2)
+    got = table(step(a, node, energy={CPU: 4.0}))
+    assert got[("process", str(mine[0]), node.procs[mine[0]].comm)] == pytest.approx(1.0)
+    assert got[("process", str(mine[1]), node.procs[mine[1]].comm)] == pytest.approx(1.0)
+    assert got[("other", "", "")] == pytest.approx(2.0)
