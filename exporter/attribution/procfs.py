@@ -37,6 +37,15 @@ def fd_budget() -> int:
     return max(0, soft - _FD_RESERVE)
 
 
+def cgroup_of(procfs: str, pid: int) -> bytes:
+    """/proc/<pid>/cgroup: read once per process, or for the few asked about (GPU users)."""
+    try:
+        with open(f"{procfs}/{pid}/cgroup", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def parse_stat(data: bytes) -> tuple[bytes, int, int, int, int, int]:
     """(comm, ppid, utime+stime, cutime+cstime, starttime, rss pages) of one stat record.
 
@@ -173,12 +182,7 @@ class ProcTable:
         return data, -1
 
     def cgroup_of(self, pid: int) -> bytes:
-        """/proc/<pid>/cgroup, for the few processes whose container is asked (GPU users)."""
-        try:
-            with open(f"{self.procfs}/{pid}/cgroup", "rb") as f:
-                return f.read()
-        except OSError:
-            return b""
+        return cgroup_of(self.procfs, pid)
 
     def close(self) -> None:
         for p in self.procs.values():

@@ -31,6 +31,7 @@ from exporter.attribution.procfs import (
     NodeStat,
     Proc,
     ProcTable,
+    cgroup_of,
 )
 from exporter.attribution.view import Identity
 
@@ -52,7 +53,7 @@ class CgroupSource:
         self.layout = layout
         self.reader = cgroups.Reader(layout, budget)
         self.node = NodeReader(procfs)
-        self.procs = ProcTable(procfs)  # only for /proc/<pid>/cgroup of GPU users
+        self.procfs = procfs
         self.method = (f"CPU time from cgroup v{layout.version} "
                        f"{'cpu.stat usage_usec' if layout.version == 2 else 'cpuacct.usage'}"
                        f" per {level}, node busy time from /proc/stat")
@@ -200,7 +201,7 @@ class CgroupSource:
         return ("pod", uid), Identity("pod", labels, attrs)
 
     def _pid_key(self, pid: int) -> Key | None:
-        path = cgroups.cgroup_path(self.procs.cgroup_of(pid), self.layout.version)
+        path = cgroups.cgroup_path(cgroup_of(self.procfs, pid), self.layout.version)
         if path is None:
             return None
         ki = self._key(cgroups.classify_path(path))
@@ -314,6 +315,7 @@ class TreeSource(ProcessSource):
         self.method = (f"CPU time of the process tree of pid {root_pid} from /proc/<pid>/stat "
                        "utime+stime+cutime+cstime, node busy time from /proc/stat")
         self.members: set[tuple[int, int]] = set()
+        self._root_start: int | None = None  # the root's start time, once seen
         self._ident = Identity("process", (str(root_pid), ""), (("process.pid", str(root_pid)),))
 
     def _identify(self, p: Proc) -> None:
@@ -329,7 +331,8 @@ class TreeSource(ProcessSource):
         members = {m for m in self.members if m[0] in procs and procs[m[0]].start == m[1]}
         stack = [p for p in procs.values() if (p.pid, p.start) in members]
         root = procs.get(self.root_pid)
-        if root is not None and not self.members:
+        if root is not None and self._root_start is None and first:
+            self._root_start = root.start
             stack.append(root)
             comm = root.comm.decode(errors="replace")
             self._ident = Identity("process", (str(self.root_pid), comm),

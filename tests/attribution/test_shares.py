@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from tests.attribution.helpers import CPU, DRAM, attributor, step, table
+from exporter.accounting import EnergyDelta
+from tests.attribution.helpers import CPU, DRAM, INTENSITY, attributor, step, table
 from tests.fixtures.node import standard_node
 
 LAYOUTS = [("v2", "systemd", "containerd"), ("v1", "systemd", "cri-o"),
@@ -155,3 +158,29 @@ def test_processes_pid_reuse_and_children_that_lived_between_samples(ram_path):
     assert got[("process", str(shell), "sh")] == pytest.approx(100 * 0.5 / 0.6 + 20.0)
     power = {r.labels: r.power_w for r in view.rows if r.kind == "cpu"}
     assert power[(str(victim), "python3")] is None and power[(str(victim), "java")] == 80.0
+
+
+def test_a_failing_read_is_reported_and_that_intervals_energy_unattributed(ram_path, caplog):
+    caplog.set_level(logging.INFO)
+    sn = standard_node(ram_path, processes=60)
+    node = sn.node
+    a = attributor(node, "pod", idle_watts={"cpu": 0})
+    pid = pids_in(node, sn.sidecar)[0]
+    node.run(pid, 1.0)
+    step(a, node, energy={CPU: 10.0})
+    stat = node.procfs / "stat"
+    stat.rename(node.procfs / "stat.away")  # /proc unmounted under the exporter
+    node.run(pid, 1.0)
+    node.elapse(1)
+    a.account([EnergyDelta(CPU, 10.0, 1.0)], INTENSITY, 1.0)
+    a.account([EnergyDelta(CPU, 10.0, 1.0)], INTENSITY, 1.0)
+    got = table(a.view())
+    assert got[("pod", "", sn.web.uid)] == pytest.approx(10.0)
+    assert got[("unattributed", "", "")] == pytest.approx(20.0)
+    assert [r.power_w for r in a.view().rows if r.workload == "pod"] == [0.0]  # still there
+    assert caplog.text.count("cannot read workload usage") == 1
+    (node.procfs / "stat.away").rename(stat)
+    node.run(pid, 1.0)
+    got = table(step(a, node, energy={CPU: 10.0}))
+    assert got[("pod", "", sn.web.uid)] == pytest.approx(20.0)  # back, the missed CPU too
+    assert "reading workload usage again" in caplog.text
