@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from exporter.accounting import EnergyDelta
-from exporter.attribution.ledger import Credit, Ledger
+from exporter.attribution.ledger import Ledger
 from exporter.attribution.model import (
     HOST,
     MEMORY_KINDS,
@@ -62,39 +62,34 @@ class Attributor:
             self._report("")
         except Exception as e:
             self._report(f"{type(e).__name__}: {e}")
-        g_per_j = grams(1.0, pue, intensity)
-        credit: dict[Key, Credit] = {}
+        energy: dict[str, dict[Key, float]] = {}  # kind -> workload -> J this interval
+        power: dict[str, dict[Key, float]] = {}  # kind -> workload -> W
         shares = idle_shares(self.policy, interval.usage) if interval else {}
+        own = self.own
         for d in deltas:
             if d.seconds <= 0:
                 continue
             kind = d.device.kind
             self._kinds[d.device.id] = kind
-            watts = d.energy_j / d.seconds
-            idle_w = self.idle.watts(d.device.id, kind, watts)
+            idle_w = self.idle.watts(d.device.id, kind, d.energy_j / d.seconds)
             if interval is None:
                 parts = {UNATTRIBUTED: d.energy_j}
             else:
                 parts = self._split(d, kind, idle_w * d.seconds, interval, shares)
+            ek = energy.setdefault(kind, {})
+            pk = power.setdefault(kind, {})
+            per_s = 1.0 / d.seconds
             for key, joules in parts.items():
-                if self.own is not None and key is not UNATTRIBUTED and not self.own(key):
+                if own is not None and key is not UNATTRIBUTED and not own(key):
                     key = OTHER
-                kinds = credit.get(key)
-                if kinds is None:
-                    kinds = credit[key] = {}
-                acc = kinds.get(kind)
-                if acc is None:
-                    kinds[kind] = [joules, joules * g_per_j, joules / d.seconds]
-                else:
-                    acc[0] += joules
-                    acc[1] += joules * g_per_j
-                    acc[2] += joules / d.seconds
+                ek[key] = ek.get(key, 0.0) + joules
+                pk[key] = pk.get(key, 0.0) + joules * per_s
         if interval is not None:
             present = interval.present
             if self.own is not None:
                 present = {k: v for k, v in present.items() if self.own(k)}
             self._present = present
-        self.ledger.record(self._present, credit)
+        self.ledger.record(self._present, energy, power, grams(1.0, pue, intensity))
         self.seconds = time.perf_counter() - started
 
     def _split(self, d: EnergyDelta, kind: str, idle_j: float, interval: Interval,

@@ -22,9 +22,6 @@ from exporter.attribution.view import Identity, WorkloadRow
 KEEP_UNEXPORTED_S = 3600.0
 SPECIAL = {HOST: "host", OTHER: "other", UNATTRIBUTED: "unattributed"}
 
-# kind -> [energy J, CO2eq g, power W] of one interval
-Credit = dict[str, list[float]]
-
 
 class _Entry:
     __slots__ = ("ended_at", "ended_clock", "identity", "power", "power_at", "seen", "series",
@@ -33,8 +30,8 @@ class _Entry:
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self.total = 0.0  # all energy since it appeared, for ranking
-        self.series: dict[str, list[float]] = {}  # kind -> [energy, grams] in its own series
-        self.power: dict[str, float] = {}  # this interval's, valid when power_at is it
+        self.series: dict[str, list[float]] | None = None  # kind -> [J, g] in its series
+        self.power: dict[str, float] | None = None  # this interval's, when power_at is it
         self.power_at = 0
         self.tracked = False  # has its own series now
         self.seen = 0  # last interval it was present
@@ -59,14 +56,17 @@ class Ledger:
                          if host_row or k != HOST}
         for e in self._special.values():
             e.tracked = True
+            e.series = {}
 
     def ack(self, interval: int) -> None:
         if interval > self.exported:
             self.exported = interval
 
-    def record(self, present: Mapping[Key, Identity], credit: Mapping[Key, Credit]) -> None:
-        """Close one interval: `present` are the workloads seen now, `credit` the energy each
-        key (workloads, ended ones included, and the special keys) gets for the interval."""
+    def record(self, present: Mapping[Key, Identity], energy: Mapping[str, Mapping[Key, float]],
+               power: Mapping[str, Mapping[Key, float]], g_per_j: float) -> None:
+        """Close one interval: `present` are the workloads seen now; `energy` and `power` the
+        joules and watts each key (workloads, ended ones included, and the special keys) gets
+        for the interval, per kind of device; `g_per_j` the interval's CO2eq per joule."""
         self.interval = n = self.interval + 1
         entries = self._entries
         for key, ident in present.items():
@@ -76,17 +76,14 @@ class Ledger:
             elif e.identity is not ident and e.identity != ident:
                 e.identity = ident
             e.seen = n
-        kinds_seen = self._kind_set
-        for key, kinds in credit.items():
-            e = entries.get(key)
-            if e is not None:
-                for v in kinds.values():
-                    e.total += v[0]
-            if len(kinds_seen) < len(kinds) or not kinds_seen.issuperset(kinds):
-                for kind in kinds:
-                    if kind not in kinds_seen:
-                        kinds_seen.add(kind)
-                        self.kinds.append(kind)
+        for kind, by_key in energy.items():
+            if kind not in self._kind_set:
+                self._kind_set.add(kind)
+                self.kinds.append(kind)
+            for key, joules in by_key.items():
+                e = entries.get(key)
+                if e is not None:
+                    e.total += joules
         now = self.clock()
         for e in entries.values():
             if e.seen < n and not e.ended_at:
@@ -95,21 +92,24 @@ class Ledger:
         self._select()
         other = self._special[OTHER]
         special = self._special
-        for key, kinds in credit.items():
-            e = special.get(key) or entries.get(key)
-            if e is None or not e.tracked:
-                e = other
-            if e.power_at != n:
-                e.power_at = n
-                e.power = {}
-            series, power = e.series, e.power
-            for kind, (joules, grams, watts) in kinds.items():
+        for kind, by_key in energy.items():
+            watts = power[kind]
+            for key, joules in by_key.items():
+                e = special.get(key) or entries.get(key)
+                if e is None or not e.tracked:
+                    e = other
+                series = e.series
+                if series is None:
+                    series = e.series = {}
                 acc = series.get(kind)
                 if acc is None:
                     acc = series[kind] = [0.0, 0.0]
                 acc[0] += joules
-                acc[1] += grams
-                power[kind] = power.get(kind, 0.0) + watts
+                acc[1] += joules * g_per_j
+                if e.power_at != n:
+                    e.power_at = n
+                    e.power = {}
+                e.power[kind] = e.power.get(kind, 0.0) + watts[key]
 
     def _select(self) -> None:
         """Who has a series this interval: ended series stay (not counted in top_n)."""
@@ -145,7 +145,7 @@ class Ledger:
             or now - e.ended_clock > KEEP_UNEXPORTED_S)]
         for k in gone:
             e = self._entries.pop(k)
-            for kind, (joules, grams) in e.series.items():
+            for kind, (joules, grams) in (e.series or {}).items():
                 acc = self._dropped.setdefault(kind, [0.0, 0.0])
                 acc[0] += joules
                 acc[1] += grams
@@ -155,7 +155,7 @@ class Ledger:
         out of the top N for now (shown again, from the same value, if they come back)."""
         out = {k: [j, g] for k, (j, g) in self._dropped.items()}
         for e in self._entries.values():
-            if not e.tracked:
+            if not e.tracked and e.series:
                 for kind, (joules, grams) in e.series.items():
                     acc = out.setdefault(kind, [0.0, 0.0])
                     acc[0] += joules
@@ -166,10 +166,10 @@ class Ledger:
         """Every series: the tracked workloads, then host, other and unattributed."""
         out = []
         for e in self._entries.values():
-            if not e.tracked:
+            if not e.tracked or not e.series:
                 continue
             ident = e.identity
-            power = e.power if e.power_at == self.interval else {}
+            power = e.power if e.power_at == self.interval and e.power else {}
             alive = not e.ended_at
             for kind, (joules, grams) in e.series.items():
                 out.append(WorkloadRow(ident.workload, ident.labels or ("",) * width, kind,
@@ -178,9 +178,10 @@ class Ledger:
                                        ident.attributes))
         blank = ("",) * width
         for e in self._special.values():
-            power = e.power if e.power_at == self.interval else {}
+            power = e.power if e.power_at == self.interval and e.power else {}
+            series = e.series or {}
             for kind in self.kinds:
-                joules, grams = e.series.get(kind, (0.0, 0.0))
+                joules, grams = series.get(kind, (0.0, 0.0))
                 out.append(WorkloadRow(e.identity.workload, blank, kind, joules, grams,
                                        power.get(kind, 0.0)))
         return tuple(out)

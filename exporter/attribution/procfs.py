@@ -71,7 +71,7 @@ class Proc:
     cpu: int  # utime + stime, ticks
     children: int  # cutime + cstime: CPU of reaped children, ticks
     rss: int  # pages
-    raw: bytes = b""  # the last stat record, to skip parsing when nothing changed
+    raw: int = 0  # hash of the last stat record, to skip parsing when nothing changed
     fd: int = -1
     # kept by the attribution: values already accounted, and who the process is to it
     last_cpu: int = 0
@@ -128,7 +128,8 @@ class ProcTable:
                     p.fd = fd
                     seen[pid] = p
                 continue
-            if p is not None and data == p.raw:
+            digest = hash(data)
+            if p is not None and digest == p.raw:
                 p.fd = fd
                 seen[pid] = p
                 continue
@@ -143,14 +144,15 @@ class ProcTable:
                     self._open -= 1
                 continue
             if p is not None and p.start == start:
-                p.ppid, p.cpu, p.children, p.rss, p.raw, p.fd = ppid, cpu, children, rss, data, fd
+                p.ppid, p.cpu, p.children, p.rss, p.raw = ppid, cpu, children, rss, digest
+                p.fd = fd
                 seen[pid] = p
                 changed.append(p)
                 continue
             if p is not None:  # the PID was reused: the old process ended
                 p.fd = -1
                 ended.append(p)
-            q = Proc(pid, start, comm, ppid, cpu, children, rss, data, fd)
+            q = Proc(pid, start, comm, ppid, cpu, children, rss, digest, fd)
             seen[pid] = q
             started.append(q)
         for p in procs.values():  # no longer listed

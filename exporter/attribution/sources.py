@@ -187,8 +187,6 @@ class CgroupSource:
         if name is None or pod is None:
             return ("container", cg.pod_uid, cg.container_id), Identity("container", None,
                                                                        attrs)
-        attrs = (("k8s.namespace.name", pod[0]), ("k8s.pod.name", pod[1]),
-                 ("k8s.container.name", name), *attrs)
         return ("container", cg.pod_uid, name), Identity("container", (*pod, name), attrs)
 
     def _pod_key(self, uid: str) -> tuple[Key, Identity]:
@@ -196,7 +194,6 @@ class CgroupSource:
         attrs: tuple[tuple[str, str], ...] = (("k8s.pod.uid", uid),)
         if pod is None:
             return ("pod", uid), Identity("pod", None, attrs)
-        attrs = (("k8s.namespace.name", pod[0]), ("k8s.pod.name", pod[1]), *attrs)
         labels = pod if self.level == "pod" else (*pod, "")
         return ("pod", uid), Identity("pod", labels, attrs)
 
@@ -258,8 +255,7 @@ class ProcessSource:
     def _identify(self, p: Proc) -> None:
         p.key = ("process", p.pid, p.start)
         comm = p.comm.decode(errors="replace")
-        attrs = (("process.pid", str(p.pid)), ("process.executable.name", comm))
-        ident = Identity("process", (str(p.pid), comm), attrs)
+        ident = Identity("process", (str(p.pid), comm))  # attributes: from the labels
         if self.only_pod is not None and not self._ours(p.pid):
             ident = None  # not ours: its time is the rest of the node's
         p.ident = ident
@@ -316,7 +312,7 @@ class TreeSource(ProcessSource):
                        "utime+stime+cutime+cstime, node busy time from /proc/stat")
         self.members: set[tuple[int, int]] = set()
         self._root_start: int | None = None  # the root's start time, once seen
-        self._ident = Identity("process", (str(root_pid), ""), (("process.pid", str(root_pid)),))
+        self._ident = Identity("process", (str(root_pid), ""))
 
     def _identify(self, p: Proc) -> None:
         p.key = ("process", p.pid, p.start)
@@ -335,9 +331,7 @@ class TreeSource(ProcessSource):
             self._root_start = root.start
             stack.append(root)
             comm = root.comm.decode(errors="replace")
-            self._ident = Identity("process", (str(self.root_pid), comm),
-                                   (("process.pid", str(self.root_pid)),
-                                    ("process.executable.name", comm)))
+            self._ident = Identity("process", (str(self.root_pid), comm))
         while stack:  # descendants, including those re-parented since they were seen
             p = stack.pop()
             members.add((p.pid, p.start))

@@ -12,13 +12,20 @@ LEVEL_LABELS = {
 }
 
 
+# OpenTelemetry resource attributes of the level labels (semantic conventions for k8s.*,
+# container.* and process.*).
+OTEL_NAMES = {"namespace": "k8s.namespace.name", "pod": "k8s.pod.name",
+              "container": "k8s.container.name", "pid": "process.pid",
+              "comm": "process.executable.name"}
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who a workload is, as users see it."""
 
     workload: str  # "pod", "container", "service", "process"
     labels: tuple[str, ...] | None  # values of the level's labels; None until names are known
-    attributes: tuple[tuple[str, str], ...] = ()  # OpenTelemetry resource attributes
+    attributes: tuple[tuple[str, str], ...] = ()  # OpenTelemetry ones the labels lack
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +68,14 @@ class AttributionView:
     def exported(self) -> None:
         """A sink has published these rows: ended workloads in them may now be dropped."""
         self.ack(self.interval)
+
+    def otel_attributes(self, row: WorkloadRow) -> dict[str, str]:
+        """A row's OpenTelemetry attributes: its labels under the semantic conventions' names
+        (empty ones left out), what the labels lack (k8s.pod.uid, container.id), and
+        carbonmeter.workload and hw.type for the row's kind."""
+        out = {OTEL_NAMES[n]: v for n, v in zip(self.label_names, row.labels, strict=True)
+               if v}
+        out.update((k, v) for k, v in row.attributes if v)
+        out["carbonmeter.workload"] = row.workload
+        out["hw.type"] = row.kind
+        return out

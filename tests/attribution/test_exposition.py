@@ -197,3 +197,27 @@ def test_configuration_errors(tmp_path, text, expected):
     out = subprocess.run([sys.executable, "-m", "exporter", "config", "check", str(cfg)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and expected in out.stderr and str(cfg) in out.stderr, out.stderr
+
+
+def test_otlp_attributes_of_rows(ram_path):
+    sn = standard_node(ram_path, processes=40)
+    node = sn.node
+    env = {"POD_UID": sn.web.uid, "POD_NAME": "web-7d9f", "POD_NAMESPACE": "shop"}
+    a = attributor(node, "container", env=env, scope="self", idle_watts={"cpu": 0})
+    node.run(pids_in(node, sn.sidecar)[0], 0.5)
+    node.elapse(1)
+    node.flush()
+    from exporter.accounting import EnergyDelta
+    from tests.attribution.helpers import INTENSITY
+
+    a.account([EnergyDelta(CPU, 10.0, 1.0)], INTENSITY, 1.0)
+    view = a.view()
+    row = next(r for r in view.rows if r.workload == "container")
+    cid = sn.web.containers["carbonmeter"]
+    assert view.otel_attributes(row) == {
+        "k8s.namespace.name": "shop", "k8s.pod.name": "web-7d9f",
+        "k8s.container.name": cid[:12], "k8s.pod.uid": sn.web.uid, "container.id": cid,
+        "container.runtime": "containerd", "carbonmeter.workload": "container",
+        "hw.type": "cpu"}
+    other = next(r for r in view.rows if r.workload == "other")
+    assert view.otel_attributes(other) == {"carbonmeter.workload": "other", "hw.type": "cpu"}

@@ -89,8 +89,16 @@ def ident(name: str) -> Identity:
     return Identity("pod", ("ns", name))
 
 
-def credit(joules: float, kind: str = "cpu") -> dict:
-    return {kind: [joules, joules / 10, joules]}
+def record(led: Ledger, present: dict, credit: dict) -> None:
+    """One interval: credit is key -> (joules, kind); one second long, 0.1 g per joule."""
+    energy: dict = {}
+    for key, (joules, kind) in credit.items():
+        energy.setdefault(kind, {})[key] = joules
+    led.record(present, energy, energy, 0.1)
+
+
+def credit(joules: float, kind: str = "cpu") -> tuple:
+    return joules, kind
 
 
 def rows(ledger: Ledger) -> dict:
@@ -101,7 +109,7 @@ def test_top_n_and_other_keep_counters_monotonic():
     led = Ledger(top_n=2, min_energy_j=0.0)
     keys = [("pod", i) for i in range(4)]
     present = {k: ident(str(k[1])) for k in keys}
-    led.record(present, {keys[0]: credit(10), keys[1]: credit(5), keys[2]: credit(1),
+    record(led, present, {keys[0]: credit(10), keys[1]: credit(5), keys[2]: credit(1),
                          keys[3]: credit(1)})
     r = rows(led)
     assert r[("pod", ("ns", "0"), "cpu")].energy_j == 10
@@ -109,13 +117,13 @@ def test_top_n_and_other_keep_counters_monotonic():
     assert ("pod", ("ns", "2"), "cpu") not in r
     assert r[("other", ("", ""), "cpu")].energy_j == 2
     # pod 3 overtakes pod 1: pod 1's series disappears, pod 3's starts from this interval
-    led.record(present, {keys[3]: credit(20), keys[1]: credit(1)})
+    record(led, present, {keys[3]: credit(20), keys[1]: credit(1)})
     r = rows(led)
     assert r[("pod", ("ns", "3"), "cpu")].energy_j == 20
     assert ("pod", ("ns", "1"), "cpu") not in r
     assert r[("other", ("", ""), "cpu")].energy_j == 3  # 2 before + pod 1's 1 J
     # pod 1 comes back on top: its series continues from 5, nothing counted twice
-    led.record(present, {keys[1]: credit(100)})
+    record(led, present, {keys[1]: credit(100)})
     r = rows(led)
     assert r[("pod", ("ns", "1"), "cpu")].energy_j == 105
     assert ("pod", ("ns", "0"), "cpu") not in r  # out of the top 2 now: hidden
@@ -127,13 +135,13 @@ def test_top_n_and_other_keep_counters_monotonic():
 def test_minimum_energy_and_pending_names_go_to_other():
     led = Ledger(top_n=10, min_energy_j=5.0)
     big, small, unnamed = ("pod", "big"), ("pod", "small"), ("pod", "x")
-    led.record({big: ident("big"), small: ident("small"), unnamed: Identity("pod", None)},
+    record(led, {big: ident("big"), small: ident("small"), unnamed: Identity("pod", None)},
                {big: credit(6), small: credit(4), unnamed: credit(50)})
     r = rows(led)
     assert r[("pod", ("ns", "big"), "cpu")].energy_j == 6
     assert ("pod", ("ns", "small"), "cpu") not in r
     assert r[("other", ("", ""), "cpu")].energy_j == 54
-    led.record({big: ident("big"), small: ident("small"), unnamed: ident("x")},
+    record(led, {big: ident("big"), small: ident("small"), unnamed: ident("x")},
                {small: credit(2), unnamed: credit(1)})
     r = rows(led)
     assert r[("pod", ("ns", "small"), "cpu")].energy_j == 2  # crossed 5 J: its own from now
@@ -143,16 +151,16 @@ def test_minimum_energy_and_pending_names_go_to_other():
 def test_ended_workloads_stay_until_exported_once_then_retire():
     led = Ledger(top_n=10, min_energy_j=0.0)
     a, b = ("pod", "a"), ("pod", "b")
-    led.record({a: ident("a"), b: ident("b")}, {a: credit(3), b: credit(4)})
+    record(led, {a: ident("a"), b: ident("b")}, {a: credit(3), b: credit(4)})
     # b ends; its last interval's energy still arrives (found through its parent cgroup)
-    led.record({a: ident("a")}, {a: credit(1), b: credit(2)})
+    record(led, {a: ident("a")}, {a: credit(1), b: credit(2)})
     r = rows(led)
     assert r[("pod", ("ns", "b"), "cpu")].energy_j == 6
     assert r[("pod", ("ns", "b"), "cpu")].power_w is None  # ended: no power
-    led.record({a: ident("a")}, {a: credit(1)})
+    record(led, {a: ident("a")}, {a: credit(1)})
     assert ("pod", ("ns", "b"), "cpu") in rows(led)  # nobody exported it yet
     led.ack(led.interval)
-    led.record({a: ident("a")}, {a: credit(1)})
+    record(led, {a: ident("a")}, {a: credit(1)})
     assert ("pod", ("ns", "b"), "cpu") not in rows(led)
     assert led.hidden()["cpu"][0] == 6
     assert sum(x.energy_j for x in led.rows(2)) + led.hidden()["cpu"][0] == pytest.approx(12)
@@ -162,10 +170,10 @@ def test_unexported_ended_workloads_are_dropped_after_an_hour():
     now = [0.0]
     led = Ledger(top_n=10, min_energy_j=0.0, clock=lambda: now[0])
     a = ("pod", "a")
-    led.record({a: ident("a")}, {a: credit(3)})
-    led.record({}, {})
+    record(led, {a: ident("a")}, {a: credit(3)})
+    record(led, {}, {})
     now[0] = 3601
-    led.record({}, {})
+    record(led, {}, {})
     assert not [r for r in led.rows(2) if r.workload == "pod"]
 
 
@@ -174,20 +182,20 @@ def test_a_new_workload_never_takes_labels_still_shown_for_an_ended_one():
     led = Ledger(top_n=10, min_energy_j=0.0)
     old, new = ("process", 7, 100), ("process", 7, 200)
     same = Identity("process", ("7", "sh"))
-    led.record({old: same}, {old: credit(5)})
-    led.record({new: same}, {new: credit(2)})
+    record(led, {old: same}, {old: credit(5)})
+    record(led, {new: same}, {new: credit(2)})
     shown = [r for r in led.rows(2) if r.workload == "process"]
     assert [(r.energy_j, r.power_w) for r in shown] == [(5, None)]
     assert rows(led)[("other", ("", ""), "cpu")].energy_j == 2
     led.ack(led.interval)
-    led.record({new: same}, {new: credit(1)})
+    record(led, {new: same}, {new: credit(1)})
     shown = [r for r in led.rows(2) if r.workload == "process"]
     assert [(r.energy_j, r.power_w) for r in shown] == [(1, 1)]
 
 
 def test_special_rows_exist_from_the_start_for_every_kind():
     led = Ledger(top_n=10, min_energy_j=0.0, host_row=False)
-    led.record({}, {UNATTRIBUTED: credit(1, "gpu"), OTHER: credit(2, "cpu")})
+    record(led, {}, {UNATTRIBUTED: credit(1, "gpu"), OTHER: credit(2, "cpu")})
     r = rows(led)
     assert set(r) == {("other", ("", ""), "gpu"), ("other", ("", ""), "cpu"),
                       ("unattributed", ("", ""), "gpu"), ("unattributed", ("", ""), "cpu")}
