@@ -5,8 +5,8 @@
 Measured, per interval (median of --repeat intervals after a warm-up one):
 
 - reading /proc/<pid>/stat of every process, on this machine's real /proc with that many
-  sleeping processes started for the purpose (they are stopped at the end), and a whole
-  process-level interval there;
+  sleeping processes started for the purpose (besides the machine's own; they are stopped at
+  the end), and a whole process-level interval there;
 - the same on fixture trees (tests/fixtures/node.py) with 10 % of the processes busy in each
   interval, at process, container and pod level, for cgroup v2 and v1 layouts.
 
@@ -91,8 +91,8 @@ def interval(a) -> None:
 def real(counts: list[int], repeat: int) -> list[tuple[str, int, float]]:
     out = []
     for n in counts:
-        have = sum(1 for d in os.listdir("/proc") if d.isdigit())
-        group = sleepers(max(1, n - have))
+        group = sleepers(n)  # with the machine's own, a few more than n
+        time.sleep(2)  # let the forks settle
         try:
             total = sum(1 for d in os.listdir("/proc") if d.isdigit())
             table = ProcTable("/proc", fd_budget=fd_budget())
@@ -166,6 +166,7 @@ def main() -> int:
     args = p.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         rows = ([] if args.no_real else real(counts, args.repeat))
         rows += fixtures(counts, args.repeat, Path(tmp))
@@ -173,6 +174,7 @@ def main() -> int:
     print(f"# machine: {machine()}")
     print(f"# median of {args.repeat} intervals after a warm-up one; "
           "python bench/attribution.py")
+    print("# load average before: " + " ".join(f"{x:.2f}" for x in load))
     print(f"{'what':<44} {'count':>7} {'ms/interval':>12}")
     for what, n, ms in rows:
         print(f"{what:<44} {n:>7} {ms:>12.1f}")

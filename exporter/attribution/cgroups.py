@@ -36,6 +36,7 @@ _RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"
 # Directories that only hold other cgroups; walked into, read for their totals.
 _STRUCTURAL = {"kubepods", "burstable", "besteffort", "guaranteed", "docker", "libpod_parent"}
 _DIR_SUFFIXES = (".slice", ".scope", ".service")
+_V1_FILES = {"tasks", "notify_on_release", "release_agent"}  # v1's files without a dot
 
 
 class CgroupsUnavailable(Exception):
@@ -138,53 +139,75 @@ def cgroup_path(proc_cgroup: bytes, version: int) -> str | None:
     return None
 
 
+class Walker:
+    """Finds the cgroups to read, every interval: pods (and with `containers`, their
+    containers, other containers and systemd services) with every directory above them.
+
+    Structural directories (``*.slice``, ``kubepods``, QoS classes, ``docker``) are walked
+    into; a pod is walked into only for containers; containers and services are leaves (their
+    own sub-cgroups count in theirs). A cgroup directory holds some 20 (v1) to 70 (v2) files
+    besides its children; their names all have a dot and none ends like a directory's, so a
+    name filter finds the children without a stat, and what a path is is worked out once.
+    """
+
+    def __init__(self, root: str, *, containers: bool) -> None:
+        self.root = root
+        self.containers = containers
+        self._known: dict[str, Cgroup | None] = {}  # path -> what it is; None: not read
+
+    def walk(self) -> list[Cgroup]:
+        out: list[Cgroup] = []
+        known = self._known
+        seen: dict[str, Cgroup | None] = {}
+        stack: list[tuple[str, str]] = [("", "")]  # (rel, uid of the pod it is in)
+        while stack:
+            rel, in_pod = stack.pop()
+            try:
+                names = os.listdir(f"{self.root}/{rel}" if rel else self.root)
+            except OSError:
+                continue
+            prefix = f"{rel}/" if rel else ""
+            for name in names:
+                if ("." in name and not name.endswith(_DIR_SUFFIXES)) or name in _V1_FILES:
+                    continue
+                child = prefix + name
+                if child in known:
+                    cg = known[child]
+                else:
+                    cg = self._classify(name, child, rel or None, in_pod)
+                seen[child] = cg
+                if cg is None:
+                    continue
+                out.append(cg)
+                if cg.kind == "" or (cg.kind == "pod" and self.containers):
+                    stack.append((child, cg.pod_uid))
+        self._known = seen
+        return out
+
+    def _classify(self, name: str, child: str, parent: str | None,
+                  in_pod: str) -> Cgroup | None:
+        containers = self.containers
+        uid = pod_uid(name)
+        if uid and not in_pod:
+            return Cgroup(child, parent, "pod", uid)
+        if not containers and not child.startswith("kubepods"):
+            return None
+        cid = container_id(name)
+        if cid is not None:
+            return Cgroup(child, parent, "container", in_pod, cid[0], cid[1]) if containers \
+                else None
+        if in_pod:
+            return None  # conmon, a sandbox of another runtime: the pod's own time
+        if name.endswith(".service"):
+            return Cgroup(child, parent, "service", unit=name) if containers else None
+        if name.endswith(".slice") or name in _STRUCTURAL:
+            return Cgroup(child, parent, "")
+        return None
+
+
 def walk(root: str, *, containers: bool) -> list[Cgroup]:
-    """The cgroups to read: pods (and with `containers`, their containers, other containers
-    and systemd services) with every directory above them. Structural directories
-    (``*.slice``, ``kubepods``, QoS classes, ``docker``) are walked into; a pod is walked into
-    only for containers; containers and services are leaves (their own sub-cgroups are
-    counted in theirs)."""
-    out: list[Cgroup] = []
-    stack: list[tuple[str, str]] = [("", "")]  # (rel, uid of the pod it is in)
-    while stack:
-        rel, in_pod = stack.pop()
-        try:
-            it = os.scandir(f"{root}/{rel}" if rel else root)
-        except OSError:
-            continue
-        with it:
-            for entry in it:
-                name = entry.name
-                # most entries are the controllers' files (cpu.stat, memory.current, ...)
-                if "." in name and not name.endswith(_DIR_SUFFIXES):
-                    continue
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                child = f"{rel}/{name}" if rel else name
-                here = rel or None
-                uid = pod_uid(name)
-                if uid and not in_pod:
-                    out.append(Cgroup(child, here, "pod", uid))
-                    if containers:
-                        stack.append((child, uid))
-                    continue
-                if not containers and not child.startswith("kubepods"):
-                    continue
-                cid = container_id(name)
-                if cid is not None:
-                    if containers:
-                        out.append(Cgroup(child, here, "container", in_pod, cid[0], cid[1]))
-                    continue
-                if in_pod:
-                    continue  # conmon, a sandbox of another runtime: the pod's own time
-                if name.endswith(".service"):
-                    if containers:
-                        out.append(Cgroup(child, here, "service", unit=name))
-                    continue
-                if name.endswith(".slice") or name in _STRUCTURAL:
-                    out.append(Cgroup(child, here, ""))
-                    stack.append((child, ""))
-    return out
+    """One walk (see Walker)."""
+    return Walker(root, containers=containers).walk()
 
 
 class Reader:

@@ -52,6 +52,7 @@ class CgroupSource:
         self.names = names
         self.layout = layout
         self.reader = cgroups.Reader(layout, budget)
+        self.walker = cgroups.Walker(layout.cpu_root, containers=level == "container")
         self.node = NodeReader(procfs)
         self.procfs = procfs
         self.method = (f"CPU time from cgroup v{layout.version} "
@@ -67,7 +68,7 @@ class CgroupSource:
 
     def sample(self) -> Interval | None:
         node = self.node.read()
-        found = cgroups.walk(self.layout.cpu_root, containers=self.level == "container")
+        found = self.walker.walk()
         now: dict[str, float] = {}
         groups: dict[str, cgroups.Cgroup] = {}
         for cg in found:

@@ -21,12 +21,15 @@ from tests.helpers import require, wait_for
 
 
 @contextlib.contextmanager
-def kubelet(body, *, status=200, tls=None):
-    """A stand-in kubelet: GET /pods answers `body()`; yields (base URL, requests seen)."""
+def kubelet(body, *, status=200, tls=None, gate=None):
+    """A stand-in kubelet: GET /pods answers `body()` (once `gate` is set, if given); yields
+    (base URL, requests seen)."""
     seen: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if gate is not None:
+                gate.wait(20)
             seen.append({"path": self.path, **dict(self.headers)})
             data = json.dumps(body()).encode() if status == 200 else b"Forbidden"
             self.send_response(status)
@@ -78,7 +81,8 @@ def test_downward_api_variables_then_files(ram_path):
 def test_containers_named_by_the_kubelet_and_the_sandbox_is_the_pods(ram_path):
     sn = standard_node(ram_path, processes=200)
     node = sn.node
-    with kubelet(node.pod_list) as (url, seen):
+    answer = threading.Event()
+    with kubelet(node.pod_list, gate=answer) as (url, seen):
         a = attributor(node, "container", kubelet_url=url, idle_watts={"cpu": 0},
                        min_energy_joules=0)
         a.source.names.kubelet.min_interval = 0.05  # tests need not wait 5 s between asks
@@ -93,6 +97,7 @@ def test_containers_named_by_the_kubelet_and_the_sandbox_is_the_pods(ram_path):
 
         got = one()  # names unknown yet: everything in other until the kubelet answers
         assert got[("other", "", "", "")] == pytest.approx(40.0)
+        answer.set()
         wait_for(lambda: a.source.names.kubelet.generation >= 1, what="a pod list")
         got = one()
         assert got[("container", "shop", "app-0", "carbonmeter")] == pytest.approx(30.0)
