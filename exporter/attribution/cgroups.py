@@ -215,18 +215,16 @@ class Reader:
 
     def __init__(self, layout: Layout, budget: int) -> None:
         self.layout = layout
-        self._fds: dict[str, int] = {}
         self._budget = budget
         v2 = layout.version == 2
-        self._cpu_file = "cpu.stat" if v2 else "cpuacct.usage"
+        self._cpu = ({}, layout.cpu_root, "cpu.stat" if v2 else "cpuacct.usage")
         self._cpu_scale = 1e-6 if v2 else 1e-9
-        self._mem_root = layout.memory_root
-        self._mem_file = "memory.current" if v2 else "memory.usage_in_bytes"
+        self._mem = ({}, layout.memory_root, "memory.current" if v2 else "memory.usage_in_bytes")
         self._shares_root = layout.shares_root
         self._shares_file = "cpu.weight" if v2 else "cpu.shares"
 
     def cpu_seconds(self, rel: str) -> float | None:
-        data = self._read(f"{self.layout.cpu_root}/{rel}/{self._cpu_file}")
+        data = self._read(self._cpu, rel)
         if not data:
             return None
         try:
@@ -236,9 +234,9 @@ class Reader:
             return None
 
     def memory_bytes(self, rel: str) -> int | None:
-        if self._mem_root is None:
+        if self._mem[1] is None:
             return None
-        data = self._read(f"{self._mem_root}/{rel}/{self._mem_file}")
+        data = self._read(self._mem, rel)
         try:
             return int(data) if data else None
         except ValueError:
@@ -259,19 +257,20 @@ class Reader:
 
     def forget(self, rel: str) -> None:
         """Close the files of a cgroup that is gone."""
-        for root, name in ((self.layout.cpu_root, self._cpu_file),
-                           (self._mem_root, self._mem_file)):
-            fd = self._fds.pop(f"{root}/{rel}/{name}", None)
+        for fds, _, _ in (self._cpu, self._mem):
+            fd = fds.pop(rel, None)
             if fd is not None:
                 os.close(fd)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for fds, _, _ in (self._cpu, self._mem):
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
 
-    def _read(self, path: str) -> bytes:
-        fd = self._fds.get(path)
+    def _read(self, which: tuple[dict[str, int], str | None, str], rel: str) -> bytes:
+        fds, root, name = which
+        fd = fds.get(rel)
         if fd is not None:
             try:
                 data = os.pread(fd, 256, 0)
@@ -280,17 +279,17 @@ class Reader:
             except OSError:  # ENODEV: removed and made again (a restarted service)
                 pass
             os.close(fd)
-            del self._fds[path]
+            del fds[rel]
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{root}/{rel}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return b""
         try:
             data = os.pread(fd, 256, 0)
         except OSError:
             data = b""
-        if data and len(self._fds) < self._budget:
-            self._fds[path] = fd
+        if data and len(self._cpu[0]) + len(self._mem[0]) < self._budget:
+            fds[rel] = fd
         else:
             os.close(fd)
         return data
