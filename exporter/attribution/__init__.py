@@ -123,9 +123,10 @@ def process_tree(root_pid: int, cfg: Config, probes: Sequence[Probe], *,
     """An attributor for the process tree of `root_pid` (`carbonmeter run`).
 
     Pass `reaper_pid=os.getpid()` when this process started the root: what it reaps of the
-    root then counts too, so the root's last interval is not lost. Sample once more after
-    the root has been waited for. Idle power follows `attribution.idle_policy` (`requests`
-    is read as `unattributed`: a process requests no CPUs).
+    root then counts too, so the root's last interval is not lost. Attach it to the sampler
+    (`sampler.attributor = ...`) and call `start()` right after starting the root; sample once
+    more after the root has been waited for. Idle power follows `attribution.idle_policy`
+    (`requests` is read as `unattributed`: a process requests no CPUs).
     """
     from exporter.attribution.procfs import fd_budget
     from exporter.attribution.sources import TREE, TreeSource

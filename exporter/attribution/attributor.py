@@ -31,6 +31,38 @@ from exporter.carbon import Intensity, grams
 
 log = logging.getLogger(__name__)
 
+# Device scopes (probes.base where whole-host meters exist); a device without one is a part.
+PART, METER, BESIDE = "part", "host", "beside"
+
+
+def _scope(d: EnergyDelta) -> str:
+    return getattr(d.device, "scope", PART)
+
+
+def host_deltas(deltas: Iterable[EnergyDelta]) -> list[EnergyDelta]:
+    """The interval's energy as the host total counts it, to be shared without overlap.
+
+    Without a whole-host meter the devices never overlap: all of them. With one (the BMC over
+    IPMI or Redfish, an ACPI power meter) the meter is the host and the parts are inside it:
+    the parts by their kinds, plus the meter's remainder (fans, disks, power supply losses)
+    under the meter's kind; a meter reading less than its parts scales them down to it.
+    Devices beside the host (a declared switch) count as they are.
+    """
+    deltas = list(deltas)
+    meters = [d for d in deltas if _scope(d) == METER]
+    if not meters:
+        return deltas
+    parts = [d for d in deltas if _scope(d) == PART]
+    out = [d for d in deltas if _scope(d) == BESIDE]
+    metered, inside = math.fsum(d.energy_j for d in meters), math.fsum(d.energy_j for d in parts)
+    if metered >= inside:
+        rest = (metered - inside) / metered if metered > 0 else 0.0
+        out += parts
+        out += [EnergyDelta(m.device, m.energy_j * rest, m.seconds) for m in meters]
+    else:
+        out += [EnergyDelta(d.device, d.energy_j * metered / inside, d.seconds) for d in parts]
+    return out
+
 
 class Attributor:
     def __init__(self, source: Any, *, scope: str, policy: str, idle: IdlePower,
@@ -51,28 +83,40 @@ class Attributor:
         self._kinds: dict[str, str] = {}
         self._present: dict[Key, Identity] = {}
         self._error = ""
+        self._started = False
+
+    def start(self) -> None:
+        """Read usage now as the starting point, before the sampler's next interval (a process
+        tree whose root has just been started); does nothing once usage has been read."""
+        if not self._started:
+            self._read()
+
+    def _read(self) -> Interval | None:
+        self._started = True
+        try:
+            interval = self.source.sample()
+        except Exception as e:
+            self._report(f"{type(e).__name__}: {e}")
+            return None
+        self._report("")
+        return interval
 
     def account(self, deltas: Iterable[EnergyDelta], intensity: Intensity, pue: float) -> None:
         """Share one interval's device energies; never raises (a failure is logged and the
         interval's energy is unattributed)."""
         started = time.perf_counter()
-        interval: Interval | None = None
-        try:
-            interval = self.source.sample()
-            self._report("")
-        except Exception as e:
-            self._report(f"{type(e).__name__}: {e}")
+        interval = self._read()
         energy: dict[str, dict[Key, float]] = {}  # kind -> workload -> J this interval
         power: dict[str, dict[Key, float]] = {}  # kind -> workload -> W
         shares = idle_shares(self.policy, interval.usage) if interval else {}
         own = self.own
-        for d in deltas:
+        for d in host_deltas(deltas):
             if d.seconds <= 0:
                 continue
             kind = d.device.kind
             self._kinds[d.device.id] = kind
             idle_w = self.idle.watts(d.device.id, kind, d.energy_j / d.seconds)
-            if interval is None:
+            if interval is None or _scope(d) == BESIDE:  # a switch: no workload's doing
                 parts = {UNATTRIBUTED: d.energy_j}
             else:
                 parts = self._split(d, kind, idle_w * d.seconds, interval, shares)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pytest
 
@@ -184,3 +185,39 @@ def test_a_failing_read_is_reported_and_that_intervals_energy_unattributed(ram_p
     got = table(step(a, node, energy={CPU: 10.0}))
     assert got[("pod", "", sn.web.uid)] == pytest.approx(20.0)  # back, the missed CPU too
     assert "reading workload usage again" in caplog.text
+
+
+@dataclass(frozen=True)
+class ScopedDevice:
+    """A device with a scope, as probes declare whole-host meters (IPMI, Redfish)."""
+
+    id: str
+    kind: str
+    source: str
+    scope: str = "part"
+
+
+def test_with_a_whole_host_meter_rows_add_up_to_the_meter(ram_path):
+    from exporter.attribution.attributor import host_deltas
+
+    sn = standard_node(ram_path, processes=40)
+    node = sn.node
+    a = attributor(node, "pod", idle_watts={"cpu": 0, "platform": 0})
+    bmc = ScopedDevice("bmc", "platform", "ipmi", "host")
+    pkg = ScopedDevice("package-0", "cpu", "rapl")
+    switch = ScopedDevice("switch", "other", "declared", "beside")
+    node.run(pids_in(node, sn.sidecar)[0], 1.0)
+    node.elapse(1)
+    node.flush()
+    deltas = [EnergyDelta(bmc, 300.0, 1.0), EnergyDelta(pkg, 120.0, 1.0),
+              EnergyDelta(switch, 40.0, 1.0)]
+    a.account(deltas, INTENSITY, 1.0)
+    view = a.view()
+    assert sum(r.energy_j for r in view.rows) == pytest.approx(300.0 + 40.0)  # the host total
+    assert table(view, "cpu")[("pod", "", sn.web.uid)] == pytest.approx(120.0)
+    assert table(view, "platform")[("pod", "", sn.web.uid)] == pytest.approx(180.0)
+    assert table(view, "other")[("unattributed", "", "")] == pytest.approx(40.0)
+    # a meter that reads less than its parts is the host total: the parts scale down to it
+    low = host_deltas([EnergyDelta(bmc, 100.0, 1.0), EnergyDelta(pkg, 200.0, 1.0)])
+    assert [(d.device.id, d.energy_j) for d in low] == [("package-0", 100.0)]
+    assert host_deltas([EnergyDelta(pkg, 5.0, 1.0)])[0].energy_j == 5.0

@@ -102,9 +102,12 @@ def test_tree_share_on_a_fixture_and_what_run_reads_back(tmp_path):
     node.flush()
     cfg = config.load(env={}, overrides={"paths.procfs": str(node.procfs),
                                          "attribution.idle_watts": {"cpu": 0}})
-    a = process_tree(root, cfg, [], reaper_pid=runner)
-    sampler = Sampler([Counter()], Static(INTENSITY), pue=1.0, interval=3600, attributor=a)
-    sampler.sample()
+    sampler = Sampler([Counter()], Static(INTENSITY), pue=1.0, interval=3600)
+    sampler.sample()  # `run` samples first, then starts the command, then attaches the tree
+    sampler.attributor = a = process_tree(root, cfg, [], reaper_pid=runner)
+    a.start()
+    a.start()  # once only
+    sampler.sample()  # 50 J, the tree's first interval: its start-up is not separated
     node.run(root, 0.1)
     node.run(worker, 0.3)
     node.run(stranger, 0.4)
@@ -123,10 +126,12 @@ def test_tree_share_on_a_fixture_and_what_run_reads_back(tmp_path):
     assert share.energy_j == pytest.approx(20.0 + 50.0)
     assert share.by_kind == pytest.approx({"cpu": 70.0})
     assert share.emissions_g == pytest.approx(70.0 / 3.6e6 * INTENSITY.g_per_kwh)
+    assert table(snap.attribution)[("unattributed", "", "")] == pytest.approx(50.0)
     assert "process tree of pid" in share.method
     rows = table(snap.attribution)
     assert rows[("process", str(root), "python3")] == pytest.approx(70.0)
     assert rows[("other", "", "")] == pytest.approx(30.0)
+    assert sum(rows.values()) == pytest.approx(snap.host_energy_j)
     assert process_tree_share(Sampler([Counter()], Static(INTENSITY), pue=1.0,
                                       interval=1).sample()) is None
 
