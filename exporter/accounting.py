@@ -33,6 +33,15 @@ def counter_delta_uj(prev: int, now: int, wrap_uj: float | None) -> float | None
     return (wrap_uj - prev) + now
 
 
+@dataclass(frozen=True, slots=True)
+class EnergyDelta:
+    """What one device spent between its last two readings: for sharing it out."""
+
+    device: Device
+    energy_j: float
+    seconds: float
+
+
 @dataclass(slots=True)
 class _Track:
     device: Device
@@ -51,8 +60,9 @@ class Accounting:
         self.pue = pue
         self._tracks: dict[str, _Track] = {}
 
-    def add(self, reading: Reading, t: float, intensity: Intensity) -> None:
-        """Fold one reading taken at monotonic time `t` into its device's totals."""
+    def add(self, reading: Reading, t: float, intensity: Intensity) -> EnergyDelta | None:
+        """Fold one reading taken at monotonic time `t` into its device's totals; returns the
+        energy it added, if any."""
         dev = reading.device
         tr = self._tracks.get(dev.id)
         if tr is None or tr.device != dev:
@@ -83,6 +93,7 @@ class Accounting:
         tr.energy_j += energy
         tr.emissions_g += grams(energy, self.pue, intensity)
         tr.power_w = energy / dt
+        return EnergyDelta(dev, energy, dt)
 
     def lost(self, device_id: str) -> None:
         """A device that was not read: its power is unknown until it is read twice again."""

@@ -74,9 +74,20 @@ def serve(args: argparse.Namespace) -> int:
         from exporter.embodied import Embodied
 
         embodied = Embodied(cfg.embodied.devices)
+    attributor = None
+    if cfg.attribution.level != "none":
+        from exporter import attribution
+
+        try:
+            attributor = attribution.build(cfg, probes)
+        except attribution.Unavailable as e:
+            log.error("attribution off: %s", e)
+        else:
+            log.info("attribution per %s (scope %s): %s", cfg.attribution.level,
+                     cfg.attribution.scope, attributor.source.method if attributor else "")
     sampler = Sampler(probes, live or intensity, pue=cfg.carbon.pue,
                       interval=cfg.sampler.interval_seconds, embodied=embodied,
-                      providers=live.statuses if live else None)
+                      providers=live.statuses if live else None, attributor=attributor)
     try:
         server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive)
     except OSError as e:

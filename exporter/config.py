@@ -41,6 +41,7 @@ CLOUD_PROVIDERS = ("aws", "azure", "gcp")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
 PROVIDER_TYPES = ("electricitymaps", "watttime", "carbonintensity_uk", "http", "file")
 MAX_G_PER_KWH = 5000  # well above any grid; a larger number is a unit mistake
+ATTRIBUTION_LEVELS = ("none", "pod", "container", "process")
 
 
 class ConfigError(Exception):
@@ -253,6 +254,23 @@ class Embodied:
 
 
 @dataclass(frozen=True)
+class Attribution:
+    level: str = field(**_limits(choices=ATTRIBUTION_LEVELS))
+    scope: str = field(**_limits(choices=("node", "self")))
+    idle_policy: str = field(**_limits(choices=("requests", "equal", "unattributed")))
+    idle_watts: dict[str, float] = field(**_limits(keys=("cpu", "gpu", "platform"), min=0,
+                                                   max=100_000))
+    top_n: int = field(**_limits(min=1, max=100_000))
+    min_energy_joules: float = field(**_limits(min=0, max=1e12))
+    cgroupfs: str | None
+    kubelet_url: str | None
+    kubelet_token_file: str
+    kubelet_ca_file: str | None
+    kubelet_insecure_tls: bool
+    downward_api_dir: str | None
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server
     sampler: Sampler
@@ -274,6 +292,7 @@ class Config:
     emissions_log: EmissionsLog
     embodied: Embodied
     declared: list[DeclaredDevice]
+    attribution: Attribution
     source: str = "built-in defaults"  # where it came from, for messages
 
     def as_dict(self) -> dict[str, Any]:
@@ -440,6 +459,10 @@ def _build(data: dict[str, Any], origin: str) -> Config:
             raise ConfigError(f"{where}.name: '{name}' is used twice; give each provider its "
                               "own name")
         names.add(name)
+    if cfg.attribution.idle_policy == "requests" and cfg.attribution.level == "process":
+        raise ConfigError(f"{origin}: attribution.idle_policy: 'requests' needs "
+                          "attribution.level pod or container (processes request no CPUs); "
+                          "use equal or unattributed")
     return cfg
 
 
@@ -517,6 +540,13 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false, got {_show(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: must be a whole number{_range(meta)}, got "
+                              f"{_show(value)}")
+        if ("min" in meta and value < meta["min"]) or ("max" in meta and value > meta["max"]):
+            raise ConfigError(f"{where}: {value} is out of range{_range(meta)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

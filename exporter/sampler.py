@@ -11,12 +11,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from exporter.accounting import Accounting
+from exporter.accounting import Accounting, EnergyDelta
 from exporter.carbon import Intensity, IntensitySource
 from exporter.embodied import Embodied
 from exporter.snapshot import DeviceTotal, ProbeStatus, ProviderStatus, Snapshot
 from probes.base import BESIDE, HOST, Probe
+
+if TYPE_CHECKING:
+    from exporter.attribution import Attributor
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +28,10 @@ log = logging.getLogger(__name__)
 class Sampler:
     def __init__(self, probes: list[Probe], intensity: IntensitySource, *, pue: float,
                  interval: float, embodied: Embodied | None = None,
-                 providers: Callable[[], tuple[ProviderStatus, ...]] | None = None) -> None:
+                 providers: Callable[[], tuple[ProviderStatus, ...]] | None = None,
+                 attributor: Attributor | None = None) -> None:
         self.probes = probes
+        self.attributor = attributor  # shares each interval's energy among workloads
         self.intensity = intensity
         self.interval = interval
         self.embodied = embodied
@@ -55,6 +61,7 @@ class Sampler:
     def _sample(self) -> Snapshot:
         intensity = self.intensity.current()  # one value prices this whole interval
         read_now: set[str] = set()
+        deltas: list[EnergyDelta] = []
         for probe in self.probes:
             try:
                 result = probe.read()
@@ -63,7 +70,9 @@ class Sampler:
                 continue
             t = time.monotonic()
             for reading in result.readings:
-                self.accounting.add(reading, t, intensity)
+                delta = self.accounting.add(reading, t, intensity)
+                if delta is not None:
+                    deltas.append(delta)
                 read_now.add(reading.device.id)
             if result.errors:
                 self._fail(probe.name, "; ".join(result.errors), count=len(result.errors),
@@ -77,6 +86,8 @@ class Sampler:
         self._seen = read_now
         if self.embodied is not None:
             self.embodied.advance(time.monotonic())
+        if self.attributor is not None:
+            self.attributor.account(deltas, intensity, self.accounting.pue)
         self.latest = self._publish(intensity)
         self.heartbeat = time.monotonic()
         return self.latest
@@ -106,6 +117,7 @@ class Sampler:
                                      self._last_error[p.name]) for p in self.probes),
             providers=self.providers() if self.providers is not None else (),
             embodied=self.embodied.totals() if self.embodied is not None else (),
+            attribution=self.attributor.view() if self.attributor is not None else None,
         )
 
     def run(self, *, first_now: bool = True) -> None:
@@ -133,6 +145,8 @@ class Sampler:
                 probe.close()
             except Exception as e:
                 log.debug("closing %s: %s", probe.name, e)
+        if self.attributor is not None:
+            self.attributor.close()
 
     def alive(self) -> bool:
         """False when no sample finished for three intervals (a hung probe, a dead thread)."""

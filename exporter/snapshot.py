@@ -7,9 +7,13 @@ object, so what they publish is consistent and never waits on hardware.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.carbon import Intensity
 from probes.base import Device
+
+if TYPE_CHECKING:
+    from exporter.attribution.view import AttributionView
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +64,4 @@ class Snapshot:
     taken_monotonic: float = 0.0  # the same instant on the monotonic clock, for durations
     providers: tuple[ProviderStatus, ...] = ()
     embodied: tuple[EmbodiedTotal, ...] = ()
+    attribution: AttributionView | None = None  # workloads' shares, when attribution is on

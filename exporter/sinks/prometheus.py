@@ -95,6 +95,11 @@ class SnapshotCollector:
             up.add_metric((p.name,), 1.0 if p.up else 0.0)
             errors.add_metric((p.name,), p.errors_total)
         yield from (up, errors)
+        if s.attribution is not None:
+            from exporter.sinks.workloads import families
+
+            yield from families(s.attribution)
+            s.attribution.exported()
         info = InfoMetricFamily("carbonmeter_build", "carbonmeter version.")
         info.add_metric((), {"version": __version__,
                              "python_version": platform.python_version()})
