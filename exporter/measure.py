@@ -15,11 +15,15 @@ count over the same time. How often it reads depends on the sources, not on the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.carbon import Intensity
 from exporter.config import Config
 from exporter.snapshot import Snapshot
 from probes.base import BESIDE, HOST, PART
+
+if TYPE_CHECKING:
+    from exporter.attribution import Attributor, TreeShare
 
 FINE_INTERVAL_S = 1.0  # how often power sources are read during a span, unless told
 WRAP_GUARD_S = 60.0  # a 65 kJ RAPL DRAM range lasts 60 s only above 1 kW
@@ -49,7 +53,9 @@ class Usage:
     pue: float
     tasks: tuple[Usage, ...] = ()
     error: str = ""  # the exception that ended the span, if one did
-    scope: str = "machine"  # whole machine until energy is attributed to processes
+    scope: str = "machine"  # "process tree" when `share` holds the command's part
+    share: TreeShare | None = None  # the process tree's part of `energy_j`, when attributed
+    scope_reason: str = ""  # why the whole machine is reported, when it is
 
     @property
     def counted(self) -> tuple[DeviceUsage, ...]:
@@ -140,6 +146,13 @@ class Meter:
 
     def read(self) -> Snapshot:
         return self.sampler.sample()
+
+    def attach(self, attributor: Attributor) -> None:
+        """Share every later interval with `attributor`, starting from now (a command that
+        has just been started): between two samples, so no interval is split."""
+        with self.sampler._lock:
+            self.sampler.attributor = attributor
+            attributor.start()
 
     def stop(self) -> Snapshot:
         """The last reading, then the thread and the probes are closed."""

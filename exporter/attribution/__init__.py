@@ -157,5 +157,5 @@ def process_tree_share(snapshot: Snapshot) -> TreeShare | None:
     by_kind: dict[str, float] = {}
     for r in rows:
         by_kind[r.kind] = by_kind.get(r.kind, 0.0) + r.energy_j
-    return TreeShare(sum(r.energy_j for r in rows), sum(r.emissions_g for r in rows), by_kind,
-                     view.method)
+    return TreeShare(sum((r.energy_j for r in rows), 0.0),
+                     sum((r.emissions_g for r in rows), 0.0), by_kind, view.method)

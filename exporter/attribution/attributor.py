@@ -68,6 +68,7 @@ class Attributor:
     def __init__(self, source: Any, *, scope: str, policy: str, idle: IdlePower,
                  ledger: Ledger, own: Callable[[Key], bool] | None = None,
                  nvml: Any = None) -> None:
+        self.first_error = ""  # the first failed read of usage, if any
         self.source = source
         self.level: str = source.level
         self.scope = scope
@@ -173,6 +174,8 @@ class Attributor:
         return out
 
     def _report(self, error: str) -> None:
+        if error and not self.first_error:
+            self.first_error = error  # a span (carbonmeter run) with a gap is not the tree's
         if error != self._error:
             if error:
                 log.warning("attribution: cannot read workload usage (%s); this interval's "
