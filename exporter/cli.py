@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from exporter.webconfig import WebConfig
 
 log = logging.getLogger("carbonmeter")
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _setup_logging(level: str) -> None:
@@ -59,6 +60,11 @@ def serve(args: argparse.Namespace) -> int:
     from exporter.sampler import Sampler
     from exporter.sinks.prometheus import Renderer, make_server
 
+    # SIGTERM and SIGINT are taken by sigwait() below, never by a handler: a handler that
+    # wakes the main thread can deadlock when it interrupts that thread inside the very
+    # Event it sets. Blocked before any thread starts, so every thread inherits the mask;
+    # a signal during start-up waits, and then stops the exporter cleanly.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval,
                          "server.web_config_file": args.web_config_file})
     _setup_logging(cfg.log.level)
@@ -100,19 +106,12 @@ def serve(args: argparse.Namespace) -> int:
                                           cfg.state.checkpoint_seconds)
         checkpointer.start()
     sampler.start()
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("serving %s://%s:%d/metrics every %gs%s", "https" if web and web.tls else "http",
              host, server.server_address[1], cfg.sampler.interval_seconds,
              " with basic auth" if web and web.users else "")
-    stop.wait()
+    signum = signal.sigwait(STOP_SIGNALS)
+    log.info("received %s, stopping", signal.Signals(signum).name)
     server.shutdown()
     server.server_close()
     sampler.stop()

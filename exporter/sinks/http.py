@@ -82,7 +82,10 @@ class HttpServer:
         self.auth = auth
         self.extra_headers = headers or {}
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.create_server((host, port), family=family, backlog=1024)
+        # "[::]" listens on IPv4 too, as the kernel's default for a wildcard IPv6 socket
+        dualstack = host == "::" and socket.has_dualstack_ipv6()
+        self.socket = socket.create_server((host, port), family=family, backlog=1024,
+                                           dualstack_ipv6=dualstack)
         self.server_address = self.socket.getsockname()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
