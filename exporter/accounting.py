@@ -59,6 +59,7 @@ class _Track:
     wall: float | None = None  # wall-clock time of the last reading, for the state file
     unmeasured_s: float = 0.0
     gap: bool = False  # the next reading ends a gap (lost, or restored from a checkpoint)
+    restored: bool = False  # that gap is a restart's: worth a line in the log
 
 
 class Accounting:
@@ -88,8 +89,10 @@ class Accounting:
             energy = self._gap_energy(tr, reading, dt)
             if energy is None:
                 tr.unmeasured_s += dt
-                log.debug("%s: %.3f s not measured", dev.id, dt)
-            tr.device, tr.gap, tr.power_w = dev, False, None
+            log.log(logging.INFO if tr.restored else logging.DEBUG, "%s: %s over a gap of %.1f s",
+                    dev.id, "unmeasured" if energy is None else
+                    f"{energy:.3f} J recovered from the counter", dt)
+            tr.device, tr.gap, tr.restored, tr.power_w = dev, False, False, None
             self._baseline(tr, reading, t, wall)
             if energy is not None:
                 self._count(tr, energy, intensity)
@@ -199,7 +202,8 @@ class Accounting:
                          mean_power=d["mean_power"], identity=d["identity"],
                          max_power_w=d["max_power_w"])
             tr = _Track(dev, energy_j=d["energy_j"], emissions_g=d["emissions_g"],
-                        unmeasured_s=d["unmeasured_s"], wall=d["wall"], gap=True)
+                        unmeasured_s=d["unmeasured_s"], wall=d["wall"], gap=True,
+                        restored=True)
             if same_boot and d["t"] is not None and d["t"] <= now:
                 tr.t, tr.counter = d["t"], d["counter_uj"]
             elif d["wall"] is not None:

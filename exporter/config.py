@@ -172,7 +172,8 @@ def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, st
     return _build(data, origin, given)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content: at most 1 MiB of UTF-8, parsed with parse_yaml's limits."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -182,7 +183,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    loaded = parse_yaml(text, str(path))
+    return parse_yaml(text, str(path))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    loaded = read_yaml(path)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.config import ConfigError, _unknown, parse_yaml
+from exporter.config import ConfigError, _unknown, read_yaml
 
 TOP = ("tls_server_config", "http_server_config", "basic_auth_users")
 TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
@@ -63,15 +63,7 @@ def load(path: str) -> WebConfig:
     """Read and check a web configuration; ConfigError names the file, key and what is
     allowed. Certificates and keys are loaded here, so a bad one stops the start."""
     p = Path(path)
-    try:
-        if p.stat().st_size > 1 << 20:
-            raise ConfigError(f"{p}: larger than 1 MiB")
-        text = p.read_text("utf-8")
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read the web configuration: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not UTF-8 text") from None
-    doc = parse_yaml(text, str(p))
+    doc = read_yaml(p)
     if doc is None:
         return WebConfig(str(p))
     if not isinstance(doc, dict):

@@ -189,3 +189,35 @@ def test_sigkill_at_random_points_loses_at_most_one_checkpoint(tmp_path):
             lambda i: sequence(tmp_path / f"host{i}", seed + i, RUNS // SEQUENCES),
             range(SEQUENCES)))
     print(f"{RUNS} killed runs in {time.monotonic() - t0:.0f} s: {results}")
+
+
+def test_sigterm_writes_a_last_checkpoint_and_a_restart_continues(tmp_path):
+    """No periodic checkpoint in an hour: what is saved comes from the shutdown."""
+    host = Host(tmp_path, seed=2)
+    host.config.write_text(host.config.read_text().replace(
+        f"checkpoint_seconds: {CHECKPOINT}", "checkpoint_seconds: 3600"))
+    proc, url = host.start_listening()
+    try:
+        wait_for(lambda: (metric(http_get(url)[2].decode(), "carbonmeter_energy_joules_total",
+                                 "ram") or 0) > 0, what="ram measured")
+        assert not host.state_path.exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    saved = host.saved()
+    assert saved["ram"]["energy_j"] > 0 and saved["package-0"]["counter_uj"] is not None
+    host.tree.advance("intel-rapl:0", 25)
+    proc, url = host.start_listening()
+    try:
+        wait_for(lambda: metric(http_get(url)[2].decode(), "carbonmeter_energy_joules_total",
+                                "package-0") == pytest.approx(25, abs=1e-3),
+                 what="the energy spent while down, recovered")
+        ram = metric(http_get(url)[2].decode(), "carbonmeter_energy_joules_total", "ram")
+        assert ram >= saved["ram"]["energy_j"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    log = (host.root / "serve.log").read_text()
+    assert "state: restored the totals of 2 device(s)" in log
+    assert "package-0: 25.000 J recovered from the counter over a gap of" in log
+    assert "ram: unmeasured over a gap of" in log

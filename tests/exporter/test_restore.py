@@ -51,6 +51,22 @@ def unmeasured(s: Sampler) -> dict[str, float]:
     return {d.device.id: d.unmeasured_s for d in s.latest.devices}
 
 
+def sampler(tree: PowercapTree, clock: Clock, *, ram: bool = False,
+            joules: float | None = None) -> Sampler:
+    """A sampler over the tree's package (and the RAM estimate) after its first reading;
+    with `joules`, those are spent and read one second later."""
+    probes = [RaplProbe(Paths(sysfs=tree.root))]
+    if ram:
+        probes.append(RamModelProbe(Paths(), watts_per_gb=1))
+    s = Sampler(probes, C, pue=1.0, interval=1.0, clock=clock)
+    s.sample()
+    if joules is not None:
+        tree.advance("intel-rapl:0", joules)
+        clock.t += 1
+        s.sample()
+    return s
+
+
 def restart(old: Sampler, probes: list, clock: Clock, tmp_path: Path, *,
             boot: str = BOOT, downtime: float) -> Sampler:
     """Checkpoint `old` to a real state file, stop it, let `downtime` pass, start anew."""
@@ -66,11 +82,7 @@ def restart(old: Sampler, probes: list, clock: Clock, tmp_path: Path, *,
 def test_rapl_downtime_recovered_from_the_counter(tmp_path):
     tree = rapl_tree(tmp_path / "sys")
     clock = Clock()
-    s = Sampler([RaplProbe(Paths(sysfs=tree.root))], C, pue=1.0, interval=1.0, clock=clock)
-    s.sample()
-    tree.advance("intel-rapl:0", 50)
-    clock.t += 1
-    s.sample()
+    s = sampler(tree, clock, joules=50)
     assert energy(s) == {"package-0": pytest.approx(50, abs=1e-3)}
     tree.advance("intel-rapl:0", 3000)  # spent while down: 10 min at 5 W
     s = restart(s, [RaplProbe(Paths(sysfs=tree.root))], clock, tmp_path, downtime=600)
@@ -85,8 +97,7 @@ def test_rapl_wrap_while_down_is_recovered_exactly(tmp_path):
     clock = Clock()
     top = tree.max_energy_range_uj("intel-rapl:0") / 1e6
     tree.advance("intel-rapl:0", top - 30 - tree.energy_uj("intel-rapl:0") / 1e6)
-    s = Sampler([RaplProbe(Paths(sysfs=tree.root))], C, pue=1.0, interval=1.0, clock=clock)
-    s.sample()
+    s = sampler(tree, clock)
     start = tree.true_energy_uj("intel-rapl:0")
     tree.advance("intel-rapl:0", 100)  # crosses the wrap while the exporter is down
     assert tree.wraps("intel-rapl:0") == 1
@@ -100,8 +111,7 @@ def test_rapl_downtime_beyond_one_wrap_period_is_unmeasured(tmp_path):
     """262 kJ at 200 W is 1311 s: after 2000 s down, any number of wraps could have passed."""
     tree = rapl_tree(tmp_path / "sys")
     clock = Clock()
-    s = Sampler([RaplProbe(Paths(sysfs=tree.root))], C, pue=1.0, interval=1.0, clock=clock)
-    s.sample()
+    s = sampler(tree, clock)
     tree.advance("intel-rapl:0", 20_000)
     s = restart(s, [RaplProbe(Paths(sysfs=tree.root))], clock, tmp_path, downtime=2000)
     s.sample()
@@ -118,8 +128,7 @@ def test_impossible_increase_is_a_reset_not_energy(tmp_path):
     range (261 kJ) in 60 s would need 4 kW: it was reset (or wrapped twice), not spent."""
     tree = rapl_tree(tmp_path / "sys", max_power_uw=None)
     clock = Clock()
-    s = Sampler([RaplProbe(Paths(sysfs=tree.root))], C, pue=1.0, interval=1.0, clock=clock)
-    s.sample()
+    s = sampler(tree, clock)
     tree.advance("intel-rapl:0", tree.max_energy_range_uj("intel-rapl:0") / 1e6 - 1000)
     s = restart(s, [RaplProbe(Paths(sysfs=tree.root))], clock, tmp_path, downtime=60)
     s.sample()
@@ -129,12 +138,7 @@ def test_impossible_increase_is_a_reset_not_energy(tmp_path):
 def test_after_a_reboot_counters_are_not_trusted_and_the_gap_is_wall_clock(tmp_path):
     tree = rapl_tree(tmp_path / "sys")
     clock = Clock()
-    s = Sampler([RaplProbe(Paths(sysfs=tree.root)), RamModelProbe(Paths(), watts_per_gb=1)],
-                C, pue=1.0, interval=1.0, clock=clock)
-    s.sample()
-    tree.advance("intel-rapl:0", 40)
-    clock.t += 1
-    s.sample()
+    s = sampler(tree, clock, ram=True, joules=40)
     store = state.Store(tmp_path / "state.json")
     devices = s.export()
     for d in devices:  # the checkpoint was taken an hour ago, by wall clock
@@ -163,26 +167,20 @@ def test_nvml_counter_recovered_only_while_it_provably_continued(tmp_path):
     s.sample()
     assert energy(s) == {"gpu-0": pytest.approx(6000)} and unmeasured(s) == {"gpu-0": 0.0}
 
-    # the driver was upgraded and reloaded while down: its counter starts again from 0
-    reloaded = FakeNvml([FakeGpu("NVIDIA A100-SXM4-40GB", "GPU-a1", energy_mj=5_000)],
-                        driver_version="560.28.03")
-    s = restart(s, [NvmlProbe(nvml=reloaded)], clock, tmp_path, downtime=40)
-    s.sample()
-    assert energy(s) == {"gpu-0": pytest.approx(6000)} and unmeasured(s) == {"gpu-0": 40.0}
-
-    # same driver, reloaded: counter went back, so the gap is unknown
-    gpu2 = reloaded.gpus[0]
-    gpu2._energy_mj = 1_000
-    s = restart(s, [NvmlProbe(nvml=reloaded)], clock, tmp_path, downtime=5)
-    s.sample()
-    assert energy(s) == {"gpu-0": pytest.approx(6000)} and unmeasured(s) == {"gpu-0": 45.0}
-
-    # a different driver whose counter happens to be higher still proves nothing
-    other = FakeNvml([FakeGpu("NVIDIA A100-SXM4-40GB", "GPU-a1", energy_mj=9e9)],
-                     driver_version="570.00.01")
-    s = restart(s, [NvmlProbe(nvml=other)], clock, tmp_path, downtime=5)
-    s.sample()
-    assert energy(s) == {"gpu-0": pytest.approx(6000)} and unmeasured(s) == {"gpu-0": 50.0}
+    unknown = 0.0
+    for why, fake, downtime in [
+        ("the driver was upgraded and reloaded while down: its counter starts again",
+         FakeNvml([FakeGpu(uuid="GPU-a1", energy_mj=5_000)], driver_version="560.28.03"), 40),
+        ("the same driver reloaded: the counter went back",
+         FakeNvml([FakeGpu(uuid="GPU-a1", energy_mj=1_000)], driver_version="560.28.03"), 5),
+        ("another driver whose counter happens to be higher proves nothing",
+         FakeNvml([FakeGpu(uuid="GPU-a1", energy_mj=9e9)], driver_version="570.00.01"), 5),
+    ]:
+        s = restart(s, [NvmlProbe(nvml=fake)], clock, tmp_path, downtime=downtime)
+        s.sample()
+        unknown += downtime
+        assert energy(s) == {"gpu-0": pytest.approx(6000)}, why
+        assert unmeasured(s) == {"gpu-0": unknown}, why
 
 
 def test_power_sources_cannot_recover_a_gap(tmp_path):
@@ -201,11 +199,7 @@ def test_power_sources_cannot_recover_a_gap(tmp_path):
 def test_a_device_gone_after_restart_keeps_its_total(tmp_path):
     tree = rapl_tree(tmp_path / "sys")
     clock = Clock()
-    s = Sampler([RaplProbe(Paths(sysfs=tree.root))], C, pue=1.0, interval=1.0, clock=clock)
-    s.sample()
-    tree.advance("intel-rapl:0", 80)
-    clock.t += 1
-    s.sample()
+    s = sampler(tree, clock, joules=80)
     s = restart(s, [RamModelProbe(Paths(), watts_per_gb=1)], clock, tmp_path, downtime=5)
     s.sample()
     clock.t += 1
@@ -219,9 +213,7 @@ def test_a_stopped_process_is_a_gap_judged_like_downtime(tmp_path):
     recovers the energy, the estimate counts the time as unmeasured."""
     tree = rapl_tree(tmp_path / "sys")
     clock = Clock()
-    s = Sampler([RaplProbe(Paths(sysfs=tree.root)), RamModelProbe(Paths(), watts_per_gb=1)],
-                C, pue=1.0, interval=1.0, clock=clock)
-    s.sample()
+    s = sampler(tree, clock, ram=True)
     clock.t += 1
     s.sample()
     ram_before = energy(s)["ram"]
