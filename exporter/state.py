@@ -260,7 +260,10 @@ class Checkpointer:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            self.store.save(self.boot, self.export())
+            try:
+                self.store.save(self.boot, self.export())
+            except Exception:  # a bug must not end checkpointing for good
+                log.exception("state: checkpoint failed")
 
     def stop(self) -> None:
         self._stop.set()
