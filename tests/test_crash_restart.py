@@ -2,15 +2,19 @@
 
 Each run is a real exporter subprocess on a fixture host: a powercap tree (one package, a
 32-bit wrapping counter started near the top of its range so the runs cross a wrap) and a
-procfs tree with a boot id and 16 GiB of RAM for the RAM estimate. It samples every 0.1 s,
-checkpoints every 0.2 s, and is killed 0.1 to 0.6 s after it was started (often during
-start-up or restore). Between runs the package spends energy while nothing measures it.
+procfs tree with a boot id and 16 GiB of RAM for the RAM estimate. It samples every 0.1 s and
+checkpoints every 0.1 s. Half the runs are killed 0.1 to 0.6 s after they were started (often
+during start-up or restore), half 0.1 to 1 s after a scraper first saw them measure. Between
+runs the package spends energy while nothing measures it.
 
-After every kill: the state file is readable (never set aside), no total went down, and what
-a scraper last saw is at most one checkpoint interval ahead of what was saved. At the end a
-clean run shows the package total equal to the energy the fixture counted (recovered from
-the counter across every restart) and, for the estimate, measured + unmeasured time equal
-to the time that passed.
+After every kill: the state file is readable (never set aside) and no total went down. What a
+scraper last saw before the kill is at most one checkpoint interval (plus one sample) ahead of
+what was saved: on a shared machine a checkpoint may come late, so a few runs may miss that
+by a little (at most 10 % of the runs that measured long enough to tell, and never by more than
+0.5 s), whereas an exporter that lost everything since it started would miss it in all of them.
+At the end a clean run shows the package total equal to the energy the fixture counted
+(recovered from the counter across every restart) and, for the estimate, measured +
+unmeasured time equal to the time that passed.
 """
 
 from __future__ import annotations
@@ -36,12 +40,11 @@ from tests.helpers import free_port, http_get, wait_for
 RUNS = 200
 SEQUENCES = 2  # run side by side; each has its own host, state file and exporter
 INTERVAL = 0.1  # the shortest interval the configuration allows
-CHECKPOINT = 0.2
+CHECKPOINT = 0.1  # the shortest the configuration allows, so runs outlast several
 MEM_KB = 16 * 1024 * 1024
 RAM_W = 16 * 0.375  # the RAM estimate: 0.375 W per GiB
-# A loaded 2-core machine may delay a checkpoint or a sample; what is lost must still stay
-# within one checkpoint interval plus one sample, plus this much scheduling slack.
-SLACK_S = 0.3
+LOSS_BOUND_S = CHECKPOINT + INTERVAL + 0.1  # one checkpoint, one sample, a little slack
+LONG_RUN_S = 0.4  # measured at least this long: losing it all would break the bound
 STEP_J = 90.0  # spent while the exporter is down, before each run (within 1 kW x downtime)
 
 
@@ -116,6 +119,7 @@ def watch(url: str, seen: dict, stop: threading.Event) -> None:
         pkg = metric(text, "carbonmeter_energy_joules_total", "package-0")
         if status == 200 and ram is not None:
             seen["ram"], seen["package-0"] = ram, pkg
+            seen.setdefault("first", time.monotonic())
         time.sleep(0.01)
 
 
@@ -125,6 +129,7 @@ def sequence(root: Path, seed: int, runs: int) -> str:
     previous: dict[str, dict] = {}
     baseline: float | None = None  # fixture energy when the first saved reading was taken
     first_saved: dict | None = None
+    losses: list[tuple[float, float]] = []  # (seconds measured before the kill, seconds lost)
     for run in range(runs):
         host.tree.advance("intel-rapl:0", STEP_J)  # spent while the exporter is down
         true_at_start.append(host.tree.true_energy_j("intel-rapl:0"))
@@ -133,7 +138,14 @@ def sequence(root: Path, seed: int, runs: int) -> str:
         stop = threading.Event()
         watcher = threading.Thread(target=watch, args=(url, seen, stop), daemon=True)
         watcher.start()
-        time.sleep(host.rng.uniform(0.1, 0.6))
+        if host.rng.random() < 0.5:  # at any point from the start
+            time.sleep(host.rng.uniform(0.1, 0.6))
+        else:  # while it runs
+            deadline = time.monotonic() + 5
+            while "first" not in seen and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(host.rng.uniform(0.1, 1.0))
+        killed = time.monotonic()
         proc.send_signal(signal.SIGKILL)
         code = proc.wait(10)
         log = (host.root / "serve.log").read_text()[-2000:]
@@ -149,12 +161,17 @@ def sequence(root: Path, seed: int, runs: int) -> str:
                 assert new[total] >= old[total], (run, device, total, old, new)
         if "ram" in seen:
             lost_s = (seen["ram"] - saved.get("ram", {}).get("energy_j", 0.0)) / RAM_W
-            assert lost_s <= CHECKPOINT + INTERVAL + SLACK_S, (run, lost_s)
+            losses.append((killed - seen["first"], lost_s))
+            assert lost_s <= LOSS_BOUND_S + 0.5, (run, lost_s)
         if saved and baseline is None:
             baseline = true_at_start[run]
             first_saved = saved
         previous = saved
     assert first_saved is not None, "no run lived long enough to checkpoint"
+    long_runs = [lost for measured, lost in losses if measured >= LONG_RUN_S]
+    late = [lost for lost in long_runs if lost > LOSS_BOUND_S]
+    assert len(long_runs) >= runs // 10, losses
+    assert len(late) <= max(1, len(long_runs) // 10), (late, long_runs)
 
     # a clean run: it recovers the last downtime, then a SIGTERM writes the final checkpoint
     host.tree.advance("intel-rapl:0", STEP_J)
@@ -176,6 +193,7 @@ def sequence(root: Path, seed: int, runs: int) -> str:
         - ram0["unmeasured_s"]
     assert accounted == pytest.approx(ram["wall"] - ram0["wall"], abs=0.5)
     return json.dumps({"runs": runs, "package_j": round(spent, 3),
+                       "long_runs": len(long_runs), "worst_loss_s": round(max(long_runs), 3),
                        "ram_unmeasured_s": round(ram["unmeasured_s"], 2),
                        "ram_measured_s": round(ram["energy_j"] / RAM_W, 2)})
 
