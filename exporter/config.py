@@ -7,8 +7,11 @@ anything starts, naming the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
+import math
 import os
 import re
 import types
@@ -25,6 +28,12 @@ from probes.base import KINDS
 
 ENV_PREFIX = "CARBONMETER_"
 MAX_FILE_BYTES = 1 << 20  # a configuration is a page of YAML, not a megabyte
+# Hostile YAML: a configuration needs a few levels of nesting and hardly any aliases.
+# Limits on the composed document stop alias ("billion laughs") bombs and nesting deep
+# enough to exhaust the parser's recursion before anything is built from them.
+MAX_DEPTH = 32
+MAX_ALIASES = 100
+MAX_NODES = 10_000  # values in the document with every alias expanded
 MIX_SOURCES = (
     "coal", "oil", "natural_gas", "nuclear", "hydro", "wind", "solar", "biomass",
     "geothermal", "other",
@@ -55,11 +64,19 @@ def _limits(**kw: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Server:
     listen: str = field(**_limits(check="listen"))
+    web_config_file: str | None
 
 
 @dataclass(frozen=True)
 class Sampler:
     interval_seconds: float = field(**_limits(min=0.1, max=3600))
+    probe_timeout_seconds: float = field(**_limits(min=0.01, max=600))
+
+
+@dataclass(frozen=True)
+class State:
+    path: str | None
+    checkpoint_seconds: float = field(**_limits(min=0.1, max=86_400))
 
 
 @dataclass(frozen=True)
@@ -293,12 +310,27 @@ class Config:
     embodied: Embodied
     declared: list[DeclaredDevice]
     attribution: Attribution
+    state: State
     source: str = "built-in defaults"  # where it came from, for messages
+    # "section.key" -> where a value that did not come from `source` was set
+    given: dict[str, str] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
+        d.pop("given")
         return d
+
+    def where(self, key: str) -> str:
+        """Where the value of `key` ("section.key") was set, to begin an error message."""
+        return self.given.get(key, self.source)
+
+    def error(self, e: ConfigError) -> ConfigError:
+        """A ConfigError raised about this configuration's values elsewhere (resolving the
+        region, loading the web config), prefixed with where its key was set. Such
+        messages begin with the key path."""
+        key = str(e).split(":", 1)[0]
+        return ConfigError(f"{self.where(key if key.count('.') == 1 else '')}: {e}")
 
 
 def default_text() -> str:
@@ -306,27 +338,35 @@ def default_text() -> str:
     return resources.files("exporter.bundled").joinpath("default.yaml").read_text("utf-8")
 
 
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return parse_yaml(default_text(), "built-in defaults")
+
+
 def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None,
          overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the file, then CARBONMETER_* variables, then command-line
     `overrides` ({"section.key": value}); validated as a whole."""
-    data = yaml.safe_load(default_text())
+    data = copy.deepcopy(_defaults())
     origin = "built-in defaults"
     if path is not None:
         origin = str(path)
         _merge(data, _read_file(Path(path)), origin)
     env = os.environ if env is None else env
-    _apply_env(data, env)
+    given: dict[str, str] = {}  # "section.key" -> where a value not from the file came from
+    _apply_env(data, env, given)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".")
         data[section][key] = value
+        given[dotted] = "command line"
     from exporter import otel_env
 
     otel_env.resolve(data, env, origin)
-    return _build(data, origin)
+    return _build(data, origin, given)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content: at most 1 MiB of UTF-8, parsed with parse_yaml's limits."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -336,12 +376,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_yaml(text, str(path))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    loaded = read_yaml(path)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -350,9 +389,83 @@ def _read_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
+class _Refused(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any = None) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting and many aliases while composing."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Refused(f"more than {MAX_ALIASES} aliases (*name); a configuration "
+                               "needs hardly any", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels; a configuration "
+                               "needs 3", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _count_nodes(node: Any) -> None:
+    """Refuse a document whose values, aliases expanded, exceed MAX_NODES (an alias bomb,
+    or an alias to its own ancestor, which never ends)."""
+    stack, n = [node], 0
+    while stack:
+        item = stack.pop()
+        n += 1
+        if n > MAX_NODES:
+            raise _Refused(f"more than {MAX_NODES} values once aliases are expanded (an alias "
+                           "bomb, or an alias inside its own anchor)")
+        if isinstance(item, yaml.SequenceNode):
+            stack.extend(item.value)
+        elif isinstance(item, yaml.MappingNode):
+            stack.extend(v for pair in item.value for v in pair)
+
+
+def parse_yaml(text: str, origin: str) -> Any:
+    """YAML text to Python data, with the limits above; ConfigError for anything wrong."""
+    loader = None
+    try:
+        loader = _LimitedLoader(text)  # the reader refuses unprintable characters here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_nodes(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or e
+        if isinstance(e, yaml.reader.ReaderError):
+            problem = (f"character #x{e.character:04x} is not allowed (position "
+                       f"{e.position})" if isinstance(e.character, int) else e.reason)
+        problem = " ".join(str(problem).split())  # one line, whatever PyYAML wrote
+        raise ConfigError(f"{origin}: invalid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        # PyYAML's constructors raise these for values like 2020-13-45 or !!int abc
+        raise ConfigError(f"{origin}: invalid YAML value: {e}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "source"}
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)
+            if f.name not in ("source", "given")}
 
 
 def _unknown(origin: str, key: str, known: typing.Iterable[str]) -> ConfigError:
@@ -381,7 +494,8 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any], origin: str) -> None:
             base[name][key] = value
 
 
-def _apply_env(data: dict[str, Any], env: typing.Mapping[str, str]) -> None:
+def _apply_env(data: dict[str, Any], env: typing.Mapping[str, str],
+               given: dict[str, str]) -> None:
     sections = _sections()
     for var, raw in env.items():
         if not var.startswith(ENV_PREFIX):
@@ -389,12 +503,14 @@ def _apply_env(data: dict[str, Any], env: typing.Mapping[str, str]) -> None:
         rest = var[len(ENV_PREFIX):].lower()
         for name, cls in sections.items():
             if rest == name and _is_list(cls):
-                data[name] = _env_value(raw)
+                data[name] = _env_value(raw, var)
+                given[name] = f"environment variable {var}"
                 break
             if rest.startswith(name + "_") and not _is_list(cls):
                 key = rest[len(name) + 1:]
                 if key in {f.name for f in dataclasses.fields(cls)}:
-                    data[name][key] = _env_value(raw)
+                    data[name][key] = _env_value(raw, var)
+                    given[f"{name}.{key}"] = f"environment variable {var}"
                     break
         else:
             known = [f"{ENV_PREFIX}{n.upper()}" if _is_list(c) else
@@ -404,18 +520,18 @@ def _apply_env(data: dict[str, Any], env: typing.Mapping[str, str]) -> None:
             raise _unknown("environment", var, known)
 
 
-def _env_value(raw: str) -> Any:
+def _env_value(raw: str, var: str) -> Any:
     try:
-        return yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        return raw
+        return parse_yaml(raw, var) if raw != "" else None
+    except ConfigError:
+        return raw  # not YAML: the plain string
 
 
 def _is_list(hint: Any) -> bool:
     return typing.get_origin(hint) is list
 
 
-def _build(data: dict[str, Any], origin: str) -> Config:
+def _build(data: dict[str, Any], origin: str, given: dict[str, str]) -> Config:
     built: dict[str, Any] = {}
     for name, cls in _sections().items():
         if _is_list(cls):
@@ -424,7 +540,8 @@ def _build(data: dict[str, Any], origin: str) -> Config:
         hints = typing.get_type_hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
-            values[f.name] = _check(f"{origin}: {name}.{f.name}", data[name][f.name],
+            source = given.get(f"{name}.{f.name}", origin)
+            values[f.name] = _check(f"{source}: {name}.{f.name}", data[name][f.name],
                                     hints[f.name], f.metadata)
         built[name] = cls(**values)
     ids = [d.id for d in built["declared"]]
@@ -432,7 +549,7 @@ def _build(data: dict[str, Any], origin: str) -> Config:
         if device_id in ids[:i]:
             raise ConfigError(f"{origin}: declared[{i}].id: '{device_id}' is declared twice; "
                               "each device needs its own id")
-    cfg = Config(**built, source=origin)
+    cfg = Config(**built, source=origin, given=given)
     c = cfg.carbon
     if c.mix is not None and sum(c.mix.values()) <= 0:
         raise ConfigError(f"{origin}: carbon.mix: shares must add up to more than 0")
@@ -518,6 +635,11 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
         if "length" in meta and len(value) != meta["length"]:
             raise ConfigError(f"{where}: must be a list of {meta['length']} values, "
                               f"got {len(value)}")
+        if item is str:
+            for v in value:
+                if not isinstance(v, (str, int)) or isinstance(v, bool):
+                    raise ConfigError(f"{where}: items must be names or numbers, got "
+                                      f"{_show(v)}")
         return [_check(f"{where}[{i}]", v, item, meta) for i, v in enumerate(value)]
     if origin is dict:
         if value is None:
@@ -551,10 +673,13 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: must be a number{_range(meta)}, got {_show(value)}")
-        value = float(value)
-        if value != value or ("min" in meta and value < meta["min"]) or (
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            value = math.inf
+        if not math.isfinite(value) or ("min" in meta and value < meta["min"]) or (
                 "max" in meta and value > meta["max"]):
-            raise ConfigError(f"{where}: {value:g} is out of range{_range(meta)}")
+            raise ConfigError(f"{where}: {value:g} is out of range{_range(meta, finite=True)}")
         return value
     if hint is str:
         if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
@@ -613,11 +738,13 @@ def _check_timezone(name: str, where: str) -> None:
                           "such as Europe/Paris or America/New_York") from None
 
 
-def _range(meta: typing.Mapping[str, Any]) -> str:
+def _range(meta: typing.Mapping[str, Any], *, finite: bool = False) -> str:
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and hi is not None:
         return f" from {lo:g} to {hi:g}"
-    return f" of at least {lo:g}" if lo is not None else ""
+    if lo is not None:
+        return f" of at least {lo:g}" + (" (finite)" if finite else "")
+    return " (a finite number)" if finite else ""
 
 
 def _show(value: Any) -> str:
@@ -646,7 +773,7 @@ def check_url(value: str, where: str) -> None:
 def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:
     """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where}: '{value}' must be HOST:PORT with a port from 0 to 65535 "
                           "(for example 0.0.0.0:29100 or [::1]:29100)")
     host = host.strip("[]") or "0.0.0.0"

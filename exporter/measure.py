@@ -129,8 +129,9 @@ class Meter:
         intensity = carbon.resolve(cfg.carbon)
         probes, self.reports = discover(cfg)
         self.interval = interval  # power sources: seconds between reads (FINE_INTERVAL_S)
+        # Probes are read in line: a measured block gets no thread it does not need.
         self.sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
-                               interval=interval or FINE_INTERVAL_S)
+                               interval=interval or FINE_INTERVAL_S, probe_timeout=None)
         self.threaded = False
 
     def start(self) -> Snapshot:
@@ -150,7 +151,7 @@ class Meter:
     def attach(self, attributor: Attributor) -> None:
         """Share every later interval with `attributor`, starting from now (a command that
         has just been started): between two samples, so no interval is split."""
-        with self.sampler._lock:
+        with self.sampler._sample_lock:
             self.sampler.attributor = attributor
             attributor.start()
 

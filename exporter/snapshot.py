@@ -19,9 +19,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class DeviceTotal:
     device: Device
-    energy_j: float  # cumulative since the exporter's first reading of the device
+    energy_j: float  # cumulative since the exporter's first reading of the device,
+    # continued across restarts from the state file
     emissions_g: float  # cumulative CO2eq, PUE applied
     power_w: float | None  # over the last interval; None before two readings or when lost
+    # seconds in which the device's energy could not be known (exporter down, stopped,
+    # suspended, or the probe failing) and was therefore not counted
+    unmeasured_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

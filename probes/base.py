@@ -46,6 +46,14 @@ class Device:
     # UUID), so a device can be followed across hosts and renumbering; "" when it has none.
     uid: str = ""
     scope: str = PART  # one of SCOPES
+    # Counter sources: what must be unchanged for a raw value read after a gap (a
+    # restart, a stopped process) to continue an older one: zone and range, GPU UUID
+    # and driver version. Compared as a whole; "" when the probe knows nothing to add.
+    identity: str = ""
+    # Wrapping counters: an upper bound of the device's power in W, so that a gap
+    # shorter than wrap_uj / max_power_w provably holds at most one wrap. None: the
+    # exporter assumes a conservative bound (exporter.accounting.DEFAULT_MAX_POWER_W).
+    max_power_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

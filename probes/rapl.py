@@ -215,16 +215,34 @@ class RaplProbe:
 
 
 def _device(z: _Zone, model: str, top_drams: list[_Zone]) -> Device:
-    wrap_uj = z.max_range_uj * _REGISTER / (_REGISTER - 1)  # see THE WRAP CONVENTION
+    common = {
+        "wrap_uj": z.max_range_uj * _REGISTER / (_REGISTER - 1),  # see THE WRAP CONVENTION
+        "identity": f"{z.entry} max_energy_range_uj={z.max_range_uj}",
+        "max_power_w": _max_power_w(z.dir),
+    }
     if z.name == "psys":
-        return Device("psys", "platform", "rapl", name="psys", wrap_uj=wrap_uj)
+        return Device("psys", "platform", "rapl", name="psys", **common)
     if z.name == "dram":
         if z.parent is None:  # a top-level dram zone: the k-th belongs to package k
             dram_id = f"dram-{top_drams.index(z)}"
         else:  # "package-0" -> "dram-0", "package-0-die-1" -> "dram-0-die-1"
             dram_id = "dram" + z.parent.name.removeprefix("package")
-        return Device(dram_id, "dram", "rapl", name="dram", wrap_uj=wrap_uj)
-    return Device(z.name, "cpu", "rapl", name=model or z.name, wrap_uj=wrap_uj)
+        return Device(dram_id, "dram", "rapl", name="dram", **common)
+    return Device(z.name, "cpu", "rapl", name=model or z.name, **common)
+
+
+def _max_power_w(zone_dir: Path) -> float | None:
+    """Twice the largest power the zone's hardware advertises (constraint_N_max_power_uw,
+    from MSR_PKG_POWER_INFO and its DRAM/platform equivalents), or None when it advertises
+    none (0 or absent, as on many DRAM zones). Power limits are not used: an administrator
+    sets them and may disable them, so they bound nothing."""
+    best = 0
+    for path in zone_dir.glob("constraint_*_max_power_uw"):
+        try:
+            best = max(best, int(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return 2 * best / 1e6 if best > 0 else None
 
 
 def _dedupe(zones: list[_Zone]) -> list[_Zone]:

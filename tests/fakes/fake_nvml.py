@@ -33,6 +33,7 @@ sys.modules["pynvml"] (e.g. from a sitecustomize.py on the child's PYTHONPATH:
 `from tests.fakes.fake_nvml import install_from_env; install_from_env()`). The state file is JSON:
 
     {"start_monotonic": 12345.6,          # optional; time.monotonic() when energy began to count
+     "driver_version": "550.54.15",       # optional; what nvmlSystemGetDriverVersion returns
      "init_error": "LIBRARY_NOT_FOUND",   # optional; nvmlInit raises NVML_ERROR_<this>
      "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "uuid": "GPU-...", "power_mw": 250000,
                "energy_counter": true, "power_supported": true, "energy_mj": 0,
@@ -173,8 +174,10 @@ class FakeNvml:
         init_error: str | int | None = None,
         bytes_strings: bool = False,
         clock: Callable[[], float] | None = None,
+        driver_version: str = "550.54.15",
     ) -> None:
         self.gpus = list(gpus)
+        self.driver_version = driver_version
         self.init_error = None if init_error is None else error_code(init_error)
         self.bytes_strings = bytes_strings  # pynvml before 11.515 returned bytes
         self.calls: Counter[str] = Counter()
@@ -207,6 +210,10 @@ class FakeNvml:
         if self.refcount == 0:
             _raise(pynvml.NVML_ERROR_UNINITIALIZED)
         self.refcount -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str | bytes:
+        self._enter("nvmlSystemGetDriverVersion")
+        return self._string(self.driver_version)
 
     def nvmlDeviceGetCount(self) -> int:
         self._enter("nvmlDeviceGetCount")
@@ -332,6 +339,7 @@ def write_state(
     *,
     init_error: str | int | None = None,
     start_monotonic: float | None = None,
+    driver_version: str | None = None,
 ) -> Path:
     """Write (atomically) the JSON state file `load_from_env` reads."""
     path = Path(path)
@@ -340,6 +348,8 @@ def write_state(
         state["init_error"] = init_error
     if start_monotonic is not None:
         state["start_monotonic"] = start_monotonic
+    if driver_version is not None:
+        state["driver_version"] = driver_version
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(state, f)
@@ -372,7 +382,8 @@ def load_from_env(
         _processes_from(gpu, entry)
         gpu.advance(elapsed)
         gpus.append(gpu)
-    fake = FakeNvml(gpus, init_error=state.get("init_error"), clock=clock)
+    fake = FakeNvml(gpus, init_error=state.get("init_error"), clock=clock,
+                    driver_version=state.get("driver_version", "550.54.15"))
     fake._state_path = path
     return fake
 
