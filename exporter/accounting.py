@@ -1,20 +1,34 @@
-"""Per-device cumulative energy and emissions, exact across counter wraps.
+"""Per-device cumulative energy and emissions, exact across counter wraps and gaps.
 
 Counter sources add the counter's increase; power sources are integrated over the
 monotonic time between reads. Each interval's energy is priced at the intensity
 that held then, so emissions are Σ ΔE × PUE × C(t) and never rewritten.
+
+A *gap* is time a device was not observed: the exporter was down, stopped or
+suspended, or its probe failed. Energy spent in a gap is taken from a hardware
+counter only when the counter provably continued (see `_gap_energy`); otherwise
+the gap's length is added to the device's unmeasured seconds and nothing is guessed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.carbon import Intensity, grams
 from exporter.snapshot import DeviceTotal
 from probes.base import Device, Reading
 
 log = logging.getLogger(__name__)
+
+# Power assumed for a wrapping counter whose probe gives no bound (Device.max_power_w):
+# twice the 500 W of the most power-hungry server CPU packages of 2024, far above any
+# RAPL zone. A gap is recovered from such a counter only while shorter than its wrap
+# period at this power (262 s for a 262 kJ RAPL range).
+DEFAULT_MAX_POWER_W = 1000.0
 
 
 def counter_delta_uj(prev: int, now: int, wrap_uj: float | None) -> float | None:
@@ -33,6 +47,15 @@ def counter_delta_uj(prev: int, now: int, wrap_uj: float | None) -> float | None
     return (wrap_uj - prev) + now
 
 
+@dataclass(frozen=True, slots=True)
+class EnergyDelta:
+    """What one device spent between its last two readings: for sharing it out."""
+
+    device: Device
+    energy_j: float
+    seconds: float
+
+
 @dataclass(slots=True)
 class _Track:
     device: Device
@@ -41,26 +64,50 @@ class _Track:
     power_w: float | None = None
     counter: int | None = None
     power: float | None = None
-    t: float | None = None  # monotonic time of the last reading
+    t: float | None = None  # clock time of the last reading
+    wall: float | None = None  # wall-clock time of the last reading, for the state file
+    unmeasured_s: float = 0.0
+    gap: bool = False  # the next reading ends a gap (lost, or restored from a checkpoint)
+    restored: bool = False  # that gap is a restart's: worth a line in the log
 
 
 class Accounting:
-    """Totals for every device ever seen, in first-seen order."""
+    """Totals for every device ever seen, in first-seen order.
 
-    def __init__(self, pue: float) -> None:
+    `gap_seconds`: time between two readings of a device beyond which the interval is
+    treated as a gap (a stopped or suspended process) rather than a late sample.
+    """
+
+    def __init__(self, pue: float, *, gap_seconds: float = math.inf) -> None:
         self.pue = pue
+        self.gap_seconds = gap_seconds
         self._tracks: dict[str, _Track] = {}
 
-    def add(self, reading: Reading, t: float, intensity: Intensity) -> None:
-        """Fold one reading taken at monotonic time `t` into its device's totals."""
+    def add(self, reading: Reading, t: float, intensity: Intensity,
+            wall: float | None = None) -> EnergyDelta | None:
+        """Fold one reading taken at clock time `t` (wall-clock `wall`) into its device's
+        totals; returns the energy it added, if any, for sharing it out."""
         dev = reading.device
         tr = self._tracks.get(dev.id)
-        if tr is None or tr.device != dev:
-            tr = self._tracks.setdefault(dev.id, _Track(dev))
-            tr.device = dev
+        if tr is None:
+            tr = self._tracks[dev.id] = _Track(dev)
         dt = None if tr.t is None else t - tr.t
         if dt is not None and dt <= 0:
-            return  # same instant twice: nothing elapsed, nothing to add
+            return None  # same instant twice (or a clock that went back): nothing to add
+        if dt is not None and (tr.gap or dt > self.gap_seconds):
+            energy = self._gap_energy(tr, reading, dt)
+            if energy is None:
+                tr.unmeasured_s += dt
+            log.log(logging.INFO if tr.restored else logging.DEBUG, "%s: %s over a gap of %.1f s",
+                    dev.id, "unmeasured" if energy is None else
+                    f"{energy:.3f} J recovered from the counter", dt)
+            tr.device, tr.gap, tr.restored, tr.power_w = dev, False, False, None
+            self._baseline(tr, reading, t, wall)
+            if energy is None:
+                return None
+            self._count(tr, energy, intensity)
+            return EnergyDelta(dev, energy, dt)
+        tr.device = dev
         energy = None
         if reading.counter_uj is not None:
             if tr.counter is not None:
@@ -69,33 +116,111 @@ class Accounting:
                     log.warning("%s: energy counter went back from %d to %d µJ (driver "
                                 "reset?); counting from the new value", dev.id, tr.counter,
                                 reading.counter_uj)
+                    if dt is not None:
+                        tr.unmeasured_s += dt
                 else:
                     energy = delta / 1e6
-            tr.counter = reading.counter_uj
-        elif reading.power_w is not None:
-            if tr.power is not None and dt is not None:
-                mean = reading.power_w if dev.mean_power else (tr.power + reading.power_w) / 2
-                energy = mean * dt
-            tr.power = reading.power_w
-        tr.t = t
+        elif reading.power_w is not None and tr.power is not None and dt is not None:
+            mean = reading.power_w if dev.mean_power else (tr.power + reading.power_w) / 2
+            energy = mean * dt
+        self._baseline(tr, reading, t, wall)
         if energy is None or dt is None:
-            return
+            return None
+        self._count(tr, energy, intensity)
+        tr.power_w = energy / dt
+        return EnergyDelta(dev, energy, dt)
+
+    @staticmethod
+    def _baseline(tr: _Track, reading: Reading, t: float, wall: float | None) -> None:
+        tr.counter = reading.counter_uj
+        tr.power = reading.power_w
+        tr.t, tr.wall = t, wall
+
+    def _count(self, tr: _Track, energy: float, intensity: Intensity) -> None:
         tr.energy_j += energy
         tr.emissions_g += grams(energy, self.pue, intensity)
-        tr.power_w = energy / dt
+
+    @staticmethod
+    def _gap_energy(tr: _Track, reading: Reading, dt: float) -> float | None:
+        """Joules spent over a gap of `dt` seconds, when a counter proves it; else None.
+
+        Proof needs the same counter (same device identity and range, which a restore
+        from another boot never keeps: see `restore`), and: a counter that never wraps
+        must still be increasing (a decrease is a driver reload); a wrapping counter
+        must have been unobserved for less than one wrap period at the device's maximum
+        power, and the increase found must be possible at that power (a counter reset,
+        e.g. by a suspend, shows an impossible increase).
+        """
+        old, new = tr.device, reading.device
+        if tr.counter is None or reading.counter_uj is None:
+            return None
+        if (old.kind, old.source, old.wrap_uj, old.identity) != (
+                new.kind, new.source, new.wrap_uj, new.identity):
+            return None
+        if new.wrap_uj is None:
+            if reading.counter_uj < tr.counter:
+                return None
+            return (reading.counter_uj - tr.counter) / 1e6
+        max_w = new.max_power_w or DEFAULT_MAX_POWER_W
+        if dt >= new.wrap_uj / 1e6 / max_w:
+            return None  # it may have wrapped more than once
+        delta = counter_delta_uj(tr.counter, reading.counter_uj, new.wrap_uj)
+        joules = None if delta is None else delta / 1e6
+        if joules is None or joules > max_w * dt:
+            return None
+        return joules
 
     def lost(self, device_id: str) -> None:
-        """A device that was not read: its power is unknown until it is read twice again."""
+        """A device that was not read: its power is unknown, and the time until it is
+        read again is a gap."""
         tr = self._tracks.get(device_id)
         if tr is not None:
             tr.power_w = None
-            tr.t = None
-            tr.power = None
+            tr.gap = True
 
     def integrates_power(self) -> bool:
         """True when some device reports power, whose energy depends on how often it is read."""
         return any(t.power is not None for t in self._tracks.values())
 
     def totals(self) -> tuple[DeviceTotal, ...]:
-        return tuple(DeviceTotal(t.device, t.energy_j, t.emissions_g, t.power_w)
-                     for t in self._tracks.values())
+        return tuple(DeviceTotal(t.device, t.energy_j, t.emissions_g, t.power_w,
+                                 t.unmeasured_s) for t in self._tracks.values())
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def export(self) -> list[dict[str, Any]]:
+        """Every track as plain data for the state file: totals, and the last raw reading
+        with its clock and wall time, which a restart needs to judge the gap."""
+        return [{
+            "id": tr.device.id, "kind": tr.device.kind, "source": tr.device.source,
+            "name": tr.device.name, "estimated": tr.device.estimated,
+            "wrap_uj": tr.device.wrap_uj, "identity": tr.device.identity,
+            "max_power_w": tr.device.max_power_w, "mean_power": tr.device.mean_power,
+            "energy_j": tr.energy_j, "emissions_g": tr.emissions_g,
+            "unmeasured_s": tr.unmeasured_s,
+            "counter_uj": tr.counter, "t": tr.t, "wall": tr.wall,
+        } for tr in self._tracks.values()]
+
+    def restore(self, devices: Iterable[Mapping[str, Any]], *, same_boot: bool, now: float,
+                wall_now: float) -> None:
+        """Continue from a checkpoint (`export()` output, already validated).
+
+        Totals continue. The time from each device's last checkpointed reading to its
+        next reading is a gap. On the same boot, the clock (boot time, which counts
+        suspend) measures it and the old raw counter may prove the energy spent; after
+        a reboot counters restarted, so the gap is unmeasured, sized on the wall clock,
+        the only clock that spans boots (never negative).
+        """
+        for d in devices:
+            dev = Device(d["id"], d["kind"], d["source"], name=d["name"],
+                         estimated=d["estimated"], wrap_uj=d["wrap_uj"],
+                         mean_power=d["mean_power"], identity=d["identity"],
+                         max_power_w=d["max_power_w"])
+            tr = _Track(dev, energy_j=d["energy_j"], emissions_g=d["emissions_g"],
+                        unmeasured_s=d["unmeasured_s"], wall=d["wall"], gap=True,
+                        restored=True)
+            if same_boot and d["t"] is not None and d["t"] <= now:
+                tr.t, tr.counter = d["t"], d["counter_uj"]
+            elif d["wall"] is not None:
+                tr.t = now - max(0.0, wall_now - d["wall"])
+            self._tracks[dev.id] = tr

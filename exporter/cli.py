@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 from exporter.config import Config, ConfigError
 
 if TYPE_CHECKING:
+    from exporter.carbon import IntensitySource
     from exporter.snapshot import Snapshot
+    from exporter.webconfig import WebConfig
 
 log = logging.getLogger("carbonmeter")
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _setup_logging(level: str) -> None:
@@ -29,23 +32,52 @@ def _load(args: argparse.Namespace, **cli: object) -> Config:
     return config.load(args.config, overrides={k: v for k, v in cli.items() if v is not None})
 
 
-def serve(args: argparse.Namespace) -> int:
+def _intensity(cfg: Config) -> IntensitySource:
     from exporter import carbon
+
+    try:
+        return carbon.resolve(cfg.carbon)  # an unknown region is a configuration error too
+    except ConfigError as e:
+        raise cfg.error(e) from None
+
+
+def _web_config(cfg: Config) -> WebConfig | None:
+    if cfg.server.web_config_file is None:
+        return None
+    from exporter import webconfig
+
+    try:
+        return webconfig.load(cfg.server.web_config_file)
+    except ConfigError as e:
+        raise cfg.error(ConfigError(f"server.web_config_file: {e}")) from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from exporter import state
     from exporter.config import parse_listen
     from exporter.discovery import discover
     from exporter.sampler import Sampler
     from exporter.sinks.emissions_log import IntervalWriter, RowContext, new_run_id, open_log
     from exporter.sinks.prometheus import Renderer, make_server
 
-    cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval})
+    # SIGTERM and SIGINT are taken by sigwait() below, never by a handler: a handler that
+    # wakes the main thread can deadlock when it interrupts that thread inside the very
+    # Event it sets. Blocked before any thread starts, so every thread inherits the mask;
+    # a signal during start-up waits, and then stops the exporter cleanly.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval,
+                         "server.web_config_file": args.web_config_file})
     _setup_logging(cfg.log.level)
-    intensity = carbon.resolve(cfg.carbon)
+    intensity = _intensity(cfg)
     pollers = []
     if cfg.carbon.providers:  # urllib and ssl load only when a provider is configured
         from exporter import providers
 
         pollers = providers.build(cfg.carbon.providers, cfg.source)
     host, port = parse_listen(cfg.server.listen)
+    web = _web_config(cfg)  # a bad certificate or hash stops here, before anything runs
     probes, reports = discover(cfg)
     for r in reports:
         if r.available:
@@ -74,15 +106,37 @@ def serve(args: argparse.Namespace) -> int:
         from exporter.embodied import Embodied
 
         embodied = Embodied(cfg.embodied.devices)
+    attributor = None
+    if cfg.attribution.level != "none":
+        from exporter import attribution
+
+        try:
+            attributor = attribution.build(cfg, probes)
+        except attribution.Unavailable as e:
+            log.error("attribution off: %s", e)
+        else:
+            log.info("attribution per %s (scope %s): %s", cfg.attribution.level,
+                     cfg.attribution.scope, attributor.source.method if attributor else "")
     sampler = Sampler(probes, live or intensity, pue=cfg.carbon.pue,
                       interval=cfg.sampler.interval_seconds, embodied=embodied,
-                      providers=live.statuses if live else None)
+                      providers=live.statuses if live else None, attributor=attributor,
+                      probe_timeout=cfg.sampler.probe_timeout_seconds)
     try:
-        server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive)
+        server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive, web)
     except OSError as e:
         log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
         sampler.stop()
         return 1
+    store = state.Store.open(cfg.state.path)
+    checkpointer = None
+    if store is not None:
+        boot = state.boot_id(Path(cfg.paths.procfs))
+        restored = store.load()
+        if restored is not None:
+            sampler.restore(restored, boot)
+        checkpointer = state.Checkpointer(store, boot, sampler.export,
+                                          cfg.state.checkpoint_seconds)
+        checkpointer.start()
     if live is not None:
         live.start()
     sampler.start()
@@ -95,19 +149,13 @@ def serve(args: argparse.Namespace) -> int:
         log_writer.start()
         log.info("emissions log: one row per interval in %s (%s)", emissions_log.path,
                  emissions_log.format)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    log.info("serving http://%s:%d/metrics every %gs", host, server.server_address[1],
-             cfg.sampler.interval_seconds)
+    log.info("serving %s://%s:%d/metrics every %gs%s", "https" if web and web.tls else "http",
+             host, server.server_address[1], cfg.sampler.interval_seconds,
+             " with basic auth" if web and web.users else "")
     sinks = _start_sinks(cfg, lambda: sampler.latest)  # after: their imports take a while
-    stop.wait()
+    signum = signal.sigwait(STOP_SIGNALS)
+    log.info("received %s, stopping", signal.Signals(signum).name)
     server.shutdown()
     server.server_close()
     if live is not None:
@@ -117,6 +165,8 @@ def serve(args: argparse.Namespace) -> int:
         sink.close()
     if log_writer is not None:
         log_writer.stop()
+    if checkpointer is not None:
+        checkpointer.stop()  # the last checkpoint, after the last sample
     log.info("stopped")
     return 0
 
@@ -166,7 +216,6 @@ def report(args: argparse.Namespace) -> int:
 
 
 def probes(args: argparse.Namespace) -> int:
-    from exporter import carbon
     from exporter.discovery import discover
 
     cfg = _load(args)
@@ -178,11 +227,11 @@ def probes(args: argparse.Namespace) -> int:
         print(f"{r.name:<{width}}  {state}")
         for d in r.devices:
             print(f"{'':<{width}}    {d}")
-        if r.reason:
-            print(f"{'':<{width}}    {r.reason}")
+        for line in r.notes or ((r.reason,) if r.reason else ()):
+            print(f"{'':<{width}}    {line}")
     for p in found:
         p.close()
-    i = carbon.resolve(cfg.carbon).current()
+    i = _intensity(cfg).current()
     where = ("no carbon.region set: world average" if i.provider == "default"
              else f"region {i.region}")
     print(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
@@ -222,14 +271,15 @@ def regions(args: argparse.Namespace) -> int:
 
 
 def config_check(args: argparse.Namespace) -> int:
-    from exporter import carbon, config
+    from exporter import config
 
     cfg = config.load(args.file)
-    carbon.resolve(cfg.carbon)  # an unknown region is a configuration error too
+    _intensity(cfg)  # an unknown region is a configuration error too
     if cfg.carbon.providers:  # so are a missing secret and a bad json_path
         from exporter import providers
 
         providers.build(cfg.carbon.providers, cfg.source)
+    _web_config(cfg)
     sys.stdout.write(f"# {args.file}: valid; the effective configuration:\n")
     sys.stdout.write(config.dump(cfg))
     return 0
@@ -257,6 +307,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", metavar="HOST:PORT", help="listen address (default 0.0.0.0:29100)")
     s.add_argument("--interval", metavar="SECONDS", type=float,
                    help="sampling interval, 0.1 and up (default 15)")
+    s.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                   help="TLS and basic auth, in the Prometheus exporter-toolkit format")
     s.set_defaults(func=serve)
 
     s = sub.add_parser("run", help="run a command and print the energy and CO2eq it cost",
@@ -304,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"carbonmeter: configuration error: {e}", file=sys.stderr)
+        # one line, and no terminal control codes from whatever the file contained
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+        print(f"carbonmeter: configuration error: {text}", file=sys.stderr)
         return 2
 
 

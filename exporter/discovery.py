@@ -1,7 +1,10 @@
 """Which probes run on this machine, and why the others do not.
 
-Measured sources come first; an estimate runs only for a kind of device that no
-measured source covers, so a CPU is never counted by both RAPL and the load model.
+Probes are tried in the order of `PROBE_NAMES`: component sensors first (RAPL, then the
+amd_energy driver and hwmon for what RAPL does not cover, then GPUs and the macOS/Windows
+tools), then whole-host meters (Redfish when configured, else IPMI), then declared devices,
+and the estimates last. A later source stands down for what an earlier one already measures,
+so a CPU is never counted by both RAPL and the load model, and the host by two meters.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.config import Config
-from probes.base import Paths, Probe, ProbeUnavailable
+from exporter.config import PROBE_NAMES, Config
+from probes.base import BESIDE, HOST, Device, Paths, Probe, ProbeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +23,9 @@ log = logging.getLogger(__name__)
 class ProbeReport:
     name: str
     available: bool
-    reason: str = ""  # why not, or a note on how it measures
+    reason: str = ""  # why not, or the notes on how it measures, in one line
     devices: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # how it measures, one per line
 
 
 def _tdp_table() -> dict[str, float]:
@@ -33,11 +37,53 @@ def _tdp_table() -> dict[str, float]:
         resources.files("exporter.bundled").joinpath("cpu_tdp.csv").read_text("utf-8"))
 
 
-def _make(name: str, cfg: Config, paths: Paths) -> Probe:
+def _make(name: str, cfg: Config, paths: Paths, measured: dict[str, str]) -> Probe:
+    interval = cfg.sampler.interval_seconds
     if name == "rapl":
         from probes.rapl import RaplProbe
 
         return RaplProbe(paths, psys=cfg.rapl.psys)
+    if name == "amd_energy":
+        from probes.amd_energy import AmdEnergyProbe
+
+        return AmdEnergyProbe(paths)
+    if name == "hwmon":
+        from probes.hwmon import HwmonProbe
+
+        h = cfg.hwmon
+        return HwmonProbe(paths, interval=interval, include=h.include, exclude=h.exclude,
+                          kinds=h.kinds, measured=measured)
+    if name == "powermetrics":
+        from probes.powermetrics import PowermetricsProbe
+
+        pm = cfg.powermetrics
+        return PowermetricsProbe(command=pm.command,
+                                 interval_ms=pm.interval_ms or interval * 1000)
+    if name == "powergadget":
+        from probes.powergadget import PowerGadgetProbe
+
+        pg = cfg.powergadget
+        return PowerGadgetProbe(command=pg.command, log_file=pg.log,
+                                resolution_ms=pg.resolution_ms, interval=interval)
+    if name == "ipmi":
+        from probes.ipmi import IpmiProbe
+
+        return IpmiProbe(command=cfg.ipmi.command, args=cfg.ipmi.args,
+                         timeout=cfg.ipmi.timeout_seconds)
+    if name == "redfish":
+        from probes.redfish import RedfishProbe, load_password
+
+        r = cfg.redfish
+        if not r.url:
+            raise ProbeUnavailable("no redfish.url configured")
+        return RedfishProbe(r.url, username=r.username,
+                            password=load_password(r.password_env, r.password_file),
+                            auth=r.auth, verify_tls=r.verify_tls, ca_file=r.ca_file,
+                            timeout=r.timeout_seconds, chassis=r.chassis)
+    if name == "declared":
+        from probes.declared import DeclaredProbe
+
+        return DeclaredProbe(cfg.declared)
     if name == "nvml":
         from probes.nvml import NvmlProbe
 
@@ -54,7 +100,7 @@ def _make(name: str, cfg: Config, paths: Paths) -> Probe:
     raise ValueError(name)
 
 
-def _describe(probe: Probe) -> str:
+def _describe(probe: Probe) -> tuple[str, ...]:
     notes = []
     if getattr(probe, "tdp_note", ""):
         notes.append(f"TDP {probe.tdp_watts:g} W ({probe.tdp_note})")
@@ -64,7 +110,7 @@ def _describe(probe: Probe) -> str:
     skipped = getattr(probe, "skipped", None)
     if skipped:
         notes.extend(f"skipped {d}: {why}" for d, why in dict(skipped).items())
-    return "; ".join(notes)
+    return tuple(notes)
 
 
 def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
@@ -72,27 +118,42 @@ def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
     paths = Paths(sysfs=Path(cfg.paths.sysfs), procfs=Path(cfg.paths.procfs))
     probes: list[Probe] = []
     reports: list[ProbeReport] = []
-    covered: set[str] = set()
-    for name in ("rapl", "nvml", "cpu_model", "ram_model"):
+    covered: dict[str, str] = {}  # kind of device -> the probe that measures it
+    host_meter = ""  # the probe that measures the whole host, when one does
+    for name in PROBE_NAMES:
         if name in cfg.probes.disabled:
             reports.append(ProbeReport(name, False, "disabled in probes.disabled"))
             continue
-        if name == "cpu_model" and "cpu" in covered:
+        if name in ("cpu_model", "amd_energy") and "cpu" in covered:
             reports.append(ProbeReport(name, False, "not needed: the CPU is measured by "
-                                       + ", ".join(p.name for p in probes if "cpu" in p.covers)))
+                                       + covered["cpu"]))
             continue
         if name == "ram_model" and "dram" in covered:
             reports.append(ProbeReport(name, False, "not needed: memory is measured by "
-                                       + ", ".join(p.name for p in probes if "dram" in p.covers)))
+                                       + covered["dram"]))
+            continue
+        if name in ("redfish", "ipmi") and host_meter:
+            reports.append(ProbeReport(name, False, "not needed: the whole host is measured "
+                                       f"by {host_meter}"))
             continue
         try:
-            probe = _make(name, cfg, paths)
+            probe = _make(name, cfg, paths, dict(covered))
         except ProbeUnavailable as e:
             reports.append(ProbeReport(name, False, str(e)))
             continue
         probes.append(probe)
-        covered |= probe.covers
-        devices = tuple(f"{d.id} ({d.kind}, {'estimated' if d.estimated else 'measured'})"
-                        for d in probe.devices)
-        reports.append(ProbeReport(name, True, _describe(probe), devices))
+        for kind in probe.covers:
+            covered.setdefault(kind, probe.name)
+        if not host_meter and any(d.scope == HOST for d in probe.devices):
+            host_meter = probe.name
+        notes = _describe(probe)
+        reports.append(ProbeReport(name, True, "; ".join(notes),
+                                   tuple(_device_line(d) for d in probe.devices), notes))
     return probes, reports
+
+
+def _device_line(d: Device) -> str:
+    how = "declared" if d.source == "declared" else "estimated" if d.estimated else "measured"
+    where = ", the whole host" if d.scope == HOST else ", beside the host" if \
+        d.scope == BESIDE else ""
+    return f"{d.id} ({d.kind}, {how}{where})"

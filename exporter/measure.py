@@ -15,10 +15,15 @@ count over the same time. How often it reads depends on the sources, not on the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.carbon import Intensity
 from exporter.config import Config
 from exporter.snapshot import Snapshot
+from probes.base import BESIDE, HOST, PART
+
+if TYPE_CHECKING:
+    from exporter.attribution import Attributor, TreeShare
 
 FINE_INTERVAL_S = 1.0  # how often power sources are read during a span, unless told
 WRAP_GUARD_S = 60.0  # a 65 kJ RAPL DRAM range lasts 60 s only above 1 kW
@@ -33,6 +38,7 @@ class DeviceUsage:
     estimated: bool
     energy_j: float
     emissions_g: float
+    scope: str = PART  # as Device.scope: whether it adds to the host total
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,21 @@ class Usage:
     pue: float
     tasks: tuple[Usage, ...] = ()
     error: str = ""  # the exception that ended the span, if one did
-    scope: str = "machine"  # whole machine until energy is attributed to processes
+    scope: str = "machine"  # "process tree" when `share` holds the command's part
+    share: TreeShare | None = None  # the process tree's part of `energy_j`, when attributed
+    scope_reason: str = ""  # why the whole machine is reported, when it is
+
+    @property
+    def counted(self) -> tuple[DeviceUsage, ...]:
+        """The devices that make the total, by the exporter's host rule: with a whole-host
+        meter, the meter and what is beside the host; else every device (none overlap)."""
+        if any(d.scope == HOST for d in self.devices):
+            return tuple(d for d in self.devices if d.scope in (HOST, BESIDE))
+        return self.devices
 
     @property
     def energy_j(self) -> float:
-        return sum((d.energy_j for d in self.devices), 0.0)
+        return sum((d.energy_j for d in self.counted), 0.0)
 
     @property
     def energy_kwh(self) -> float:
@@ -59,7 +75,7 @@ class Usage:
 
     @property
     def emissions_g(self) -> float:
-        return sum((d.emissions_g for d in self.devices), 0.0)
+        return sum((d.emissions_g for d in self.counted), 0.0)
 
     @property
     def emissions_kg(self) -> float:
@@ -78,11 +94,11 @@ class Usage:
 
     @property
     def measured_j(self) -> float:
-        return sum((d.energy_j for d in self.devices if not d.estimated), 0.0)
+        return sum((d.energy_j for d in self.counted if not d.estimated), 0.0)
 
     @property
     def estimated_j(self) -> float:
-        return sum((d.energy_j for d in self.devices if d.estimated), 0.0)
+        return sum((d.energy_j for d in self.counted if d.estimated), 0.0)
 
 
 def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usage, ...] = (),
@@ -95,7 +111,7 @@ def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usag
         e0, g0 = (prev.energy_j, prev.emissions_g) if prev is not None else (0.0, 0.0)
         dev = d.device
         devices.append(DeviceUsage(dev.id, dev.kind, dev.source, dev.name, dev.estimated,
-                                   d.energy_j - e0, d.emissions_g - g0))
+                                   d.energy_j - e0, d.emissions_g - g0, dev.scope))
     return Usage(name=name, started_unix=a.taken_unix,
                  duration_s=max(0.0, b.taken_monotonic - a.taken_monotonic),
                  devices=tuple(devices), intensity=b.intensity, pue=b.pue, tasks=tasks,
@@ -113,8 +129,9 @@ class Meter:
         intensity = carbon.resolve(cfg.carbon)
         probes, self.reports = discover(cfg)
         self.interval = interval  # power sources: seconds between reads (FINE_INTERVAL_S)
+        # Probes are read in line: a measured block gets no thread it does not need.
         self.sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
-                               interval=interval or FINE_INTERVAL_S)
+                               interval=interval or FINE_INTERVAL_S, probe_timeout=None)
         self.threaded = False
 
     def start(self) -> Snapshot:
@@ -130,6 +147,13 @@ class Meter:
 
     def read(self) -> Snapshot:
         return self.sampler.sample()
+
+    def attach(self, attributor: Attributor) -> None:
+        """Share every later interval with `attributor`, starting from now (a command that
+        has just been started): between two samples, so no interval is split."""
+        with self.sampler._sample_lock:
+            self.sampler.attributor = attributor
+            attributor.start()
 
     def stop(self) -> Snapshot:
         """The last reading, then the thread and the probes are closed."""

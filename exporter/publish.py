@@ -59,7 +59,7 @@ def push_at_exit(usage: Usage, ctx: RowContext, cfg: Any) -> str:
 def usage_snapshot(usage: Usage) -> Snapshot:
     """A span as a snapshot, so it is pushed with the same names and types as `serve`'s."""
     devices = tuple(
-        DeviceTotal(Device(d.id, d.kind, d.source, d.name, d.estimated), d.energy_j,
+        DeviceTotal(Device(d.id, d.kind, d.source, d.name, d.estimated, scope=d.scope), d.energy_j,
                     d.emissions_g, d.energy_j / usage.duration_s if usage.duration_s else None)
         for d in usage.devices)
     return Snapshot(seq=0, taken_unix=usage.started_unix + usage.duration_s, devices=devices,

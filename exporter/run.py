@@ -55,6 +55,35 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _attribute_tree(meter: Any, cfg: Any, pid: int) -> Any:
+    """Share the machine's energy with the command's process tree from now on: the
+    attributor, or why the whole machine is reported (a string)."""
+    # What goes wrong here is said once, in the summary's scope line, not logged meanwhile.
+    logging.getLogger("exporter.attribution").setLevel(logging.ERROR)
+    try:
+        from exporter import attribution
+
+        tree = attribution.process_tree(pid, cfg, meter.sampler.probes, reaper_pid=os.getpid())
+        meter.attach(tree)
+    except Exception as e:  # the command runs and is measured whatever happens here
+        log.debug("process attribution unavailable", exc_info=True)
+        return f"{type(e).__name__}: {e}"
+    return tree
+
+
+def _with_tree_share(usage: Any, last: Any, tree: Any) -> Any:
+    """The usage with the process tree's share, when every reading of the tree succeeded."""
+    import dataclasses
+
+    from exporter.attribution import process_tree_share
+
+    why = tree if isinstance(tree, str) else tree.first_error
+    share = None if why else process_tree_share(last)
+    if share is None:
+        return dataclasses.replace(usage, scope_reason=why or "the process tree was not read")
+    return dataclasses.replace(usage, scope="process tree", share=share)
+
+
 def run(cfg: Any, command: list[str], *, interval: float | None, output: str | None,
         as_json: bool) -> int:
     from exporter import summary
@@ -79,10 +108,13 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
             why = "command not found" if missing else (e.strerror or str(e))
             print(f"carbonmeter: {command[0]}: {why}", file=sys.stderr)
             return 127 if missing else 126
+        tree = _attribute_tree(meter, cfg, pid)
         code = exit_code(wait(pid))
-        usage = usage_between(first, meter.stop())
+        last = meter.stop()
+        usage = usage_between(first, last)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    usage = _with_tree_share(usage, last, tree)
 
     text = (json.dumps(summary.as_json(usage, command=command, exit_code=code)) + "\n"
             if as_json else summary.as_text(usage, command=command, exit_code=code))

@@ -1,8 +1,11 @@
 """The one loop that touches hardware: read every probe, account, publish a snapshot.
 
 Sinks never call probes; they read `latest`, which is swapped whole after each
-sample. Intervals are timed on the monotonic clock, so a wall-clock jump neither
-creates nor loses energy.
+sample. Each probe reads on its own thread under a timeout (exporter/guard.py), so
+a hung or failing probe delays neither the others nor the loop; a failing probe is
+retried with exponential backoff. Intervals are timed on the boot-time clock, which
+is monotonic and counts suspend, so a wall-clock jump neither creates nor loses
+energy, and a suspend or stopped process shows as a gap (exporter/accounting.py).
 """
 
 from __future__ import annotations
@@ -11,70 +14,127 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from exporter.accounting import Accounting
+from exporter import state
+from exporter.accounting import Accounting, EnergyDelta
 from exporter.carbon import Intensity, IntensitySource
 from exporter.embodied import Embodied
-from exporter.snapshot import ProbeStatus, ProviderStatus, Snapshot
-from probes.base import Probe
+from exporter.guard import GuardedProbe
+from exporter.snapshot import DeviceTotal, ProbeStatus, ProviderStatus, Snapshot
+from probes.base import BESIDE, HOST, Probe, ProbeRead
+
+if TYPE_CHECKING:
+    from exporter.attribution import Attributor
 
 log = logging.getLogger(__name__)
+
+BACKOFF_MAX_S = 60.0  # a failing probe is retried at least this often
 
 
 class Sampler:
     def __init__(self, probes: list[Probe], intensity: IntensitySource, *, pue: float,
                  interval: float, embodied: Embodied | None = None,
-                 providers: Callable[[], tuple[ProviderStatus, ...]] | None = None) -> None:
+                 providers: Callable[[], tuple[ProviderStatus, ...]] | None = None,
+                 attributor: Attributor | None = None, probe_timeout: float | None = 2.0,
+                 clock: Callable[[], float] = state.clock) -> None:
         self.probes = probes
+        self.attributor = attributor  # shares each interval's energy among workloads
         self.intensity = intensity
         self.interval = interval
         self.embodied = embodied
         self.providers = providers  # live providers' status; reading it never waits
-        self.accounting = Accounting(pue)
+        # A read may take at most the interval: a probe slower than that cannot keep up.
+        # None: probes are read in the sampling thread, unguarded (a measurement of code,
+        # which adds no thread it does not need).
+        self.probe_timeout = interval if probe_timeout is None else min(probe_timeout, interval)
+        self.clock = clock
+        # Two missed intervals and a second more: a stopped or suspended process, not a
+        # late sample; the time is a gap, judged like downtime.
+        self.accounting = Accounting(pue, gap_seconds=2 * interval + 1.0)
+        # Decided once from what the probes found, not from what answered this interval, so
+        # the host counters never switch between a meter and a sum (and never go back).
+        self.metered = any(d.scope == HOST for p in probes for d in p.devices)
+        self._guards = [GuardedProbe(p, clock, inline=probe_timeout is None) for p in probes]
         self._errors = {p.name: 0 for p in probes}
         self._last_error = {p.name: "" for p in probes}
         self._up = {p.name: True for p in probes}
+        self._failures = {p.name: 0 for p in probes}
+        self._skip = {p.name: 0 for p in probes}  # samples to skip before the next try
         self._seen: set[str] = set()
         self._seq = 0
-        self._stop = threading.Event()
         # sample() may also be called from outside the loop (`carbonmeter run`, the API
         # reading at a task boundary): one sample at a time keeps the accounting whole.
-        self._lock = threading.Lock()
+        self._sample_lock = threading.Lock()
+        self._lock = threading.Lock()  # accounting: the sampler writes, checkpoints read
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # when the loop last finished a sample
         self.latest: Snapshot = self._publish(intensity.current())
 
+    def restore(self, restored: state.Restored, boot: str) -> None:
+        """Continue the totals of a checkpoint; call before the first sample."""
+        same_boot = bool(boot) and restored.boot_id == boot
+        with self._lock:
+            self.accounting.restore(restored.devices, same_boot=same_boot, now=self.clock(),
+                                    wall_now=time.time())
+            self.latest = self._publish(self.latest.intensity)
+        log.info("state: restored the totals of %d device(s), checkpointed %.1f s ago%s",
+                 len(restored.devices), max(0.0, time.time() - restored.written_unix),
+                 "" if same_boot else " before a reboot: time since then is unmeasured")
+
+    def export(self) -> list[dict[str, Any]]:
+        """Per-device tracks for a checkpoint, consistent with one sample."""
+        with self._lock:
+            return self.accounting.export()
+
     def sample(self) -> Snapshot:
         """Read every probe once and publish the new totals."""
-        with self._lock:
+        with self._sample_lock:
             return self._sample()
 
     def _sample(self) -> Snapshot:
+        started = []
+        for g in self._guards:
+            if self._skip[g.name] > 0:
+                self._skip[g.name] -= 1
+            elif g.submit(g.probe.read):  # False while an abandoned read is still stuck
+                started.append(g)
+        deadline = time.monotonic() + self.probe_timeout
+        outcomes = [(g, g.wait(deadline - time.monotonic())) for g in started]
         intensity = self.intensity.current()  # one value prices this whole interval
         read_now: set[str] = set()
-        for probe in self.probes:
-            try:
-                result = probe.read()
-            except Exception as e:  # a probe must never take the loop down
-                self._fail(probe.name, f"{type(e).__name__}: {e}", count=1)
-                continue
-            t = time.monotonic()
-            for reading in result.readings:
-                self.accounting.add(reading, t, intensity)
-                read_now.add(reading.device.id)
-            if result.errors:
-                self._fail(probe.name, "; ".join(result.errors), count=len(result.errors),
-                           up=bool(result.readings))
-            elif not self._up[probe.name] or self._last_error[probe.name]:
-                log.info("probe %s: recovered", probe.name)
-                self._up[probe.name] = True
-                self._last_error[probe.name] = ""
-        for device_id in self._seen - read_now:
-            self.accounting.lost(device_id)
-        self._seen = read_now
-        if self.embodied is not None:
-            self.embodied.advance(time.monotonic())
-        self.latest = self._publish(intensity)
+        deltas: list[EnergyDelta] = []
+        with self._lock:
+            for g, outcome in outcomes:
+                name = g.name
+                if outcome is None:
+                    self._fail(name, f"read did not return within {self.probe_timeout:g} s; "
+                               "not read again until it does", count=1)
+                    continue
+                if outcome.error is not None:
+                    e = outcome.error
+                    self._fail(name, f"{type(e).__name__}: {e}", count=1)
+                    continue
+                result: ProbeRead = outcome.value
+                for reading in result.readings:
+                    delta = self.accounting.add(reading, outcome.t, intensity, outcome.wall)
+                    if delta is not None:
+                        deltas.append(delta)
+                    read_now.add(reading.device.id)
+                if result.errors:
+                    self._fail(name, "; ".join(result.errors), count=len(result.errors),
+                               up=bool(result.readings))
+                else:
+                    self._recovered(name)
+            for device_id in self._seen - read_now:
+                self.accounting.lost(device_id)
+            self._seen = read_now
+            if self.embodied is not None:
+                self.embodied.advance(time.monotonic())
+            if self.attributor is not None:
+                self.attributor.account(deltas, intensity, self.accounting.pue)
+            self.latest = self._publish(intensity)
         self.heartbeat = time.monotonic()
         return self.latest
 
@@ -84,27 +144,37 @@ class Sampler:
             log.warning("probe %s: %s", name, message)
         self._last_error[name] = message
         self._up[name] = up
+        if not up:  # nothing read: skip 0, 1, 3, 7 ... samples before the next try
+            self._failures[name] += 1
+            self._skip[name] = min(2 ** min(self._failures[name] - 1, 16) - 1,
+                                   int(BACKOFF_MAX_S / self.interval))
+
+    def _recovered(self, name: str) -> None:
+        if not self._up[name] or self._last_error[name]:
+            log.info("probe %s: recovered", name)
+        self._up[name] = True
+        self._last_error[name] = ""
+        self._failures[name] = 0
 
     def _publish(self, intensity: Intensity) -> Snapshot:
         totals = self.accounting.totals()
         self._seq += 1
-        powers = [d.power_w for d in totals if d.power_w is not None]
+        energy, power, emissions = host_totals(totals, metered=self.metered)
         return Snapshot(
             seq=self._seq,
             taken_unix=time.time(),
             taken_monotonic=time.monotonic(),
             devices=totals,
-            # Every device the probes export is disjoint from the others (RAPL drops
-            # subzones and mirrors; psys replaces package + dram), so the host is the sum.
-            host_energy_j=sum(d.energy_j for d in totals),
-            host_power_w=sum(powers) if powers else None,
-            host_emissions_g=sum(d.emissions_g for d in totals),
+            host_energy_j=energy,
+            host_power_w=power,
+            host_emissions_g=emissions,
             intensity=intensity,
             pue=self.accounting.pue,
             probes=tuple(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
                                      self._last_error[p.name]) for p in self.probes),
             providers=self.providers() if self.providers is not None else (),
             embodied=self.embodied.totals() if self.embodied is not None else (),
+            attribution=self.attributor.view() if self.attributor is not None else None,
         )
 
     def run(self, *, first_now: bool = True) -> None:
@@ -115,7 +185,7 @@ class Sampler:
             self.sample()
             deadline += self.interval
             now = time.monotonic()
-            if deadline < now:  # fell behind (suspend, a slow probe): skip, don't catch up
+            if deadline < now:  # fell behind (a stopped process): skip, don't catch up
                 deadline = now + self.interval
 
     def start(self, *, first_now: bool = True) -> None:
@@ -127,14 +197,32 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for probe in self.probes:
-            try:
-                probe.close()
-            except Exception as e:
-                log.debug("closing %s: %s", probe.name, e)
+        for g in self._guards:
+            g.close(timeout=max(self.probe_timeout, 1.0))
+        if self.attributor is not None:
+            self.attributor.close()
 
     def alive(self) -> bool:
-        """False when no sample finished for three intervals (a hung probe, a dead thread)."""
+        """False when no sample finished for three intervals (a dead or stalled loop; a
+        hung probe cannot stall it)."""
         running = self._thread is not None and self._thread.is_alive()
         return running and time.monotonic() - self.heartbeat < max(3 * self.interval,
                                                                     self.interval + 5)
+
+
+def host_totals(totals: tuple[DeviceTotal, ...], *, metered: bool,
+                ) -> tuple[float, float | None, float]:
+    """The host's energy, power and emissions.
+
+    Without a whole-host meter the host is the sum of its devices: they never overlap (RAPL
+    drops subzones and mirrors, psys replaces package + DRAM, hwmon skips rails inside
+    others). With one (IPMI, Redfish, an ACPI power meter) the meter is the host, and the
+    devices inside it are a breakdown that is not added again; devices beside the host (a
+    declared switch) are added in both cases.
+    """
+    counted = [t for t in totals if t.device.scope in (HOST, BESIDE)] if metered else totals
+    powers = [t.power_w for t in counted if t.power_w is not None]
+    if metered and not any(t.power_w is not None for t in counted if t.device.scope == HOST):
+        powers = []  # the meter is silent: the host's power is unknown, not the switch's
+    return (sum(t.energy_j for t in counted), sum(powers) if powers else None,
+            sum(t.emissions_g for t in counted))

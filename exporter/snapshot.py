@@ -7,17 +7,25 @@ object, so what they publish is consistent and never waits on hardware.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.carbon import Intensity
 from probes.base import Device
+
+if TYPE_CHECKING:
+    from exporter.attribution.view import AttributionView
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceTotal:
     device: Device
-    energy_j: float  # cumulative since the exporter's first reading of the device
+    energy_j: float  # cumulative since the exporter's first reading of the device,
+    # continued across restarts from the state file
     emissions_g: float  # cumulative CO2eq, PUE applied
     power_w: float | None  # over the last interval; None before two readings or when lost
+    # seconds in which the device's energy could not be known (exporter down, stopped,
+    # suspended, or the probe failing) and was therefore not counted
+    unmeasured_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +68,4 @@ class Snapshot:
     taken_monotonic: float = 0.0  # the same instant on the monotonic clock, for durations
     providers: tuple[ProviderStatus, ...] = ()
     embodied: tuple[EmbodiedTotal, ...] = ()
+    attribution: AttributionView | None = None  # workloads' shares, when attribution is on

@@ -15,7 +15,18 @@ from exporter.measure import Usage
 
 SCHEMA = "carbonmeter.run/1"
 SCOPE_NOTE = ("whole machine: every process's energy is counted, not only the command's "
-              "(carbonmeter does not attribute energy to processes yet)")
+              "(process attribution was not available: {reason})")
+
+
+def scope_note(usage: Usage) -> str:
+    """Which energy the figures are: the command's process tree, or the whole machine."""
+    s = usage.share
+    if s is None:
+        return SCOPE_NOTE.format(reason=usage.scope_reason or "not asked for")
+    part = s.energy_j / usage.energy_j * 100 if usage.energy_j > 0 else 0.0
+    return (f"process tree: the command and its children spent {units.energy(s.energy_j)} "
+            f"({units.sig(part)} % of the machine's), {units.mass(s.emissions_g)} CO2eq; "
+            f"{s.method}")
 
 
 def _where(e: Elsewhere) -> dict[str, Any]:
@@ -35,7 +46,10 @@ def as_json(usage: Usage, *, command: list[str] | None = None,
     out.update({
         "wall_time_s": usage.duration_s,
         "scope": usage.scope,
-        "scope_note": SCOPE_NOTE,
+        "scope_note": scope_note(usage),
+        "process_tree": None if usage.share is None else {
+            "energy_j": usage.share.energy_j, "emissions_g": usage.share.emissions_g,
+            "energy_by_kind_j": usage.share.by_kind, "method": usage.share.method},
         "energy_j": usage.energy_j,
         "measured_energy_j": usage.measured_j,
         "estimated_energy_j": usage.estimated_j,
@@ -80,7 +94,7 @@ def as_text(usage: Usage, *, command: list[str] | None = None,
     year = f", {i.year}" if i.year else ""
     lines.append(f"  CO2eq       {units.mass(usage.emissions_g)} at {i.g_per_kwh:g} gCO2eq/kWh "
                  f"({i.region}: {i.source}{year}), PUE {usage.pue:g}")
-    lines.append(f"  scope       {SCOPE_NOTE}")
+    lines.append(f"  scope       {scope_note(usage)}")
     others = greenest(usage.energy_kwh * usage.pue, usage.emissions_g, i)
     if others:
         lines.append("  the same energy would have emitted least in:")

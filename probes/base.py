@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-KINDS = ("cpu", "dram", "gpu", "ram", "platform")
+KINDS = ("cpu", "dram", "gpu", "ram", "platform", "other")
+
+# Where a device's energy goes in the host totals (exporter/sampler.py, host_totals):
+PART = "part"  # a component inside the host (a CPU package, a GPU): summed into the host total
+HOST = "host"  # a meter of the whole host (the BMC over IPMI or Redfish, an ACPI power meter):
+# when one runs, it IS the host total and the parts stay a breakdown, never added to it
+BESIDE = "beside"  # outside the host yet accounted with it (a declared switch): always added
+SCOPES = (PART, HOST, BESIDE)
 
 
 class ProbeUnavailable(Exception):
@@ -38,6 +45,15 @@ class Device:
     # An identity the hardware itself carries, unique beyond this host (an NVIDIA GPU's
     # UUID), so a device can be followed across hosts and renumbering; "" when it has none.
     uid: str = ""
+    scope: str = PART  # one of SCOPES
+    # Counter sources: what must be unchanged for a raw value read after a gap (a
+    # restart, a stopped process) to continue an older one: zone and range, GPU UUID
+    # and driver version. Compared as a whole; "" when the probe knows nothing to add.
+    identity: str = ""
+    # Wrapping counters: an upper bound of the device's power in W, so that a gap
+    # shorter than wrap_uj / max_power_w provably holds at most one wrap. None: the
+    # exporter assumes a conservative bound (exporter.accounting.DEFAULT_MAX_POWER_W).
+    max_power_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

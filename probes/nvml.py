@@ -177,6 +177,10 @@ class NvmlProbe:
         if count == 0:
             raise ProbeUnavailable("NVML found no GPU")
         gpus = [self._enumerate(i) for i in range(count)]
+        try:  # part of each GPU's identity: a counter read under another driver is another
+            driver = _text(nvml.nvmlSystemGetDriverVersion())
+        except (AttributeError, nvml.NVMLError):
+            driver = "unknown"
 
         for gpu in self._select(gpus, selectors):
             if gpu.error is not None:
@@ -185,7 +189,8 @@ class NvmlProbe:
             mode = self._detect_mode(gpu)
             if mode is None:
                 continue
-            device = Device(id=gpu.id, kind="gpu", source="nvml", name=gpu.name, uid=gpu.uuid)
+            device = Device(id=gpu.id, kind="gpu", source="nvml", name=gpu.name, uid=gpu.uuid,
+                            identity=f"{gpu.uuid} driver {driver}")
             self.uuids[device.id] = gpu.uuid
             self.modes[device.id] = mode
             self._active.append((device, gpu.handle, gpu.uuid, mode == MODE_COUNTER))

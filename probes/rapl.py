@@ -215,16 +215,34 @@ class RaplProbe:
 
 
 def _device(z: _Zone, model: str, top_drams: list[_Zone]) -> Device:
-    wrap_uj = z.max_range_uj * _REGISTER / (_REGISTER - 1)  # see THE WRAP CONVENTION
+    common = {
+        "wrap_uj": z.max_range_uj * _REGISTER / (_REGISTER - 1),  # see THE WRAP CONVENTION
+        "identity": f"{z.entry} max_energy_range_uj={z.max_range_uj}",
+        "max_power_w": _max_power_w(z.dir),
+    }
     if z.name == "psys":
-        return Device("psys", "platform", "rapl", name="psys", wrap_uj=wrap_uj)
+        return Device("psys", "platform", "rapl", name="psys", **common)
     if z.name == "dram":
         if z.parent is None:  # a top-level dram zone: the k-th belongs to package k
             dram_id = f"dram-{top_drams.index(z)}"
         else:  # "package-0" -> "dram-0", "package-0-die-1" -> "dram-0-die-1"
             dram_id = "dram" + z.parent.name.removeprefix("package")
-        return Device(dram_id, "dram", "rapl", name="dram", wrap_uj=wrap_uj)
-    return Device(z.name, "cpu", "rapl", name=model or z.name, wrap_uj=wrap_uj)
+        return Device(dram_id, "dram", "rapl", name="dram", **common)
+    return Device(z.name, "cpu", "rapl", name=model or z.name, **common)
+
+
+def _max_power_w(zone_dir: Path) -> float | None:
+    """Twice the largest power the zone's hardware advertises (constraint_N_max_power_uw,
+    from MSR_PKG_POWER_INFO and its DRAM/platform equivalents), or None when it advertises
+    none (0 or absent, as on many DRAM zones). Power limits are not used: an administrator
+    sets them and may disable them, so they bound nothing."""
+    best = 0
+    for path in zone_dir.glob("constraint_*_max_power_uw"):
+        try:
+            best = max(best, int(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return 2 * best / 1e6 if best > 0 else None
 
 
 def _dedupe(zones: list[_Zone]) -> list[_Zone]:
@@ -240,10 +258,17 @@ def _dedupe(zones: list[_Zone]) -> list[_Zone]:
     return sorted(kept.values(), key=lambda z: (z.ctype != _PRIMARY, z.ctype, z.index))
 
 
+_MIRROR_ROUNDS = 5
+
+
 def _drop_die_mirrors(zones: list[_Zone]) -> list[_Zone]:
-    """Some kernels register a package-scoped register once per die (AMD CCDs reported as
-    dies): die zones of one package that read equal are one counter, kept once as package-N.
-    Distinct dies (their own registers, e.g. Cascade Lake-AP) never read equal."""
+    """Some kernels register a package-scoped register once per die (AMD Zen, whose CCDs the
+    kernel reports as dies since its 6.x topology code): die zones of one package that read
+    the same counter are one device, kept once as package-N. The dies are read together a
+    few rounds: mirrors agree in a round unless the register ticks (every ~1 ms) between two
+    reads a few µs apart, so agreement in any round proves a mirror; distinct registers (each
+    die its own, e.g. Cascade Lake-AP) count from different starts and never agree, except
+    all at zero, which proves nothing and is not taken as agreement."""
     groups: dict[str, list[_Zone]] = {}
     for z in zones:
         m = _PACKAGE.fullmatch(z.name)
@@ -251,7 +276,8 @@ def _drop_die_mirrors(zones: list[_Zone]) -> list[_Zone]:
             groups.setdefault(m.group(1), []).append(z)
     dropped: set[_Zone] = set()
     for pkg, dies in groups.items():
-        mirrored = len(dies) == 1 or any(_all_equal([_peek(z) for z in dies]) for _ in range(3))
+        mirrored = len(dies) == 1 or any(_mirrored([_peek(z) for z in dies])
+                                         for _ in range(_MIRROR_ROUNDS))
         if mirrored:
             dies[0].name = f"package-{pkg}"
             dropped.update(dies[1:])
@@ -260,8 +286,8 @@ def _drop_die_mirrors(zones: list[_Zone]) -> list[_Zone]:
     return [z for z in zones if z not in dropped]
 
 
-def _all_equal(values: list[int | None]) -> bool:
-    return None not in values and len(set(values)) == 1
+def _mirrored(values: list[int | None]) -> bool:
+    return None not in values and len(set(values)) == 1 and values[0] != 0
 
 
 def _peek(z: _Zone) -> int | None:

@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -283,3 +284,13 @@ def chromium(tmp: Path) -> Iterator[Chromium]:
         yield browser
     finally:
         browser.close()
+
+
+def fake_executable(directory: Path, name: str, script: Path) -> Path:
+    """Install the Python `script` as executable `name` in `directory` (put it first on PATH),
+    run by this interpreter: a stand-in for a tool absent here (powermetrics, PowerLog, ...)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(f"#!{sys.executable}\n" + script.read_text())
+    path.chmod(0o755)
+    return path

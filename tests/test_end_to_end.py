@@ -9,6 +9,7 @@ Prometheus, not the exporter.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,8 +20,16 @@ import pytest
 
 from exporter.carbon import find_region
 from tests.fakes.fake_nvml import FakeGpu, write_state
-from tests.fixtures.powercap import two_sockets_with_dram
-from tests.helpers import free_port, http_get, prom_query, prometheus, require, wait_for
+from tests.fixtures.powercap import one_socket, two_sockets_with_dram
+from tests.helpers import (
+    fake_executable,
+    free_port,
+    http_get,
+    prom_query,
+    prometheus,
+    require,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = ROOT / "tests" / "fakes" / "nvml_shim"
@@ -151,6 +160,82 @@ def test_probes_command_says_what_runs_and_why_not(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "package-0 (cpu, measured)" in out.stdout and "dram-1 (dram, measured)" in out.stdout
-    assert "cpu_model  not used" in out.stdout and "not needed: the CPU is measured by rapl" \
-        in out.stdout
+    assert re.search(r"^cpu_model +not used$", out.stdout, re.M)
+    assert "not needed: the CPU is measured by rapl" in out.stdout
     assert "nvml" in out.stdout and "world average" in out.stdout
+
+
+def _fake_ipmitool(tmp: Path, watts: int) -> dict[str, str]:
+    """A fake ipmitool on PATH (tests/fakes/fake_ipmitool.py) reporting `watts`."""
+    fake_executable(tmp / "bin", "ipmitool", ROOT / "tests" / "fakes" / "fake_ipmitool.py")
+    (tmp / "watts").write_text(str(watts))
+    return {"PATH": f"{tmp / 'bin'}:{os.environ['PATH']}", "FAKE_IPMITOOL_WATTS":
+            str(tmp / "watts"), "FAKE_IPMITOOL_CASE": "ok"}
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("carbonmeter_") and not line.startswith("carbonmeter_build"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_whole_server_meter_is_the_host_total_and_components_a_breakdown(tmp_path):
+    """RAPL measures the package, the BMC (IPMI DCMI) the whole server, and a switch is
+    declared beside it: the host total is server + switch, the package is not added again."""
+    tree = one_socket(tmp_path / "sys")
+    proc, target = start_serve(tmp_path, f"""
+paths: {{sysfs: {tmp_path / 'sys'}}}
+probes: {{disabled: [nvml]}}
+declared: [{{id: switch-1, kind: other, watts: 45, name: ToR switch}}]
+""", env=_fake_ipmitool(tmp_path, 250))
+    try:
+        for _ in range(5):
+            tree.advance("intel-rapl:0", 30)
+            time.sleep(0.2)
+        wait_for(lambda: 'carbonmeter_power_watts{device="server"' in metrics(target),
+                 what="two IPMI readings")
+        m = _samples(metrics(target))
+        server = m['carbonmeter_energy_joules_total{device="server",kind="platform",'
+                   'source="ipmi"}']
+        switch = m['carbonmeter_energy_joules_total{device="switch-1",kind="other",'
+                   'source="declared"}']
+        package = m['carbonmeter_energy_joules_total{device="package-0",kind="cpu",'
+                    'source="rapl"}']
+        assert package > 0 and server > 0 and switch > 0
+        assert m["carbonmeter_host_energy_joules_total"] == pytest.approx(server + switch,
+                                                                          rel=1e-12)
+        assert m["carbonmeter_host_power_watts"] == pytest.approx(250 + 45)
+        assert 'probe="ipmi"} 1.0' in metrics(target)
+    finally:
+        assert stop(proc) == 0, (tmp_path / "serve.log").read_text()
+    log = (tmp_path / "serve.log").read_text()
+    assert "probe ipmi: server (platform, measured, the whole host)" in log
+
+
+def test_probes_command_lists_every_source_with_its_reason(tmp_path):
+    from tests.fixtures.hwmon import HwmonTree, grace_hopper
+
+    grace_hopper(HwmonTree(tmp_path / "sys"), sockets=1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
+                   "declared: [{id: shelf-1, kind: platform, watts: 120}]\n")
+    out = subprocess.run([sys.executable, "-m", "exporter", "probes", "--config", str(cfg)],
+                         capture_output=True, text=True,
+                         env={**os.environ, **_fake_ipmitool(tmp_path, 400)})
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    names = re.findall(r"^(\w+) +(available|not used)$", text, re.M)
+    assert [n for n, _ in names] == ["rapl", "amd_energy", "hwmon", "nvml", "powermetrics",
+                                     "powergadget", "redfish", "ipmi", "declared",
+                                     "cpu_model", "ram_model"]
+    assert "power-meter-grace-power-socket-0 (cpu, measured)" in text
+    assert "skipped power_meter/CPU Power Socket 0: inside Grace Power Socket" in text
+    assert "server (platform, measured, the whole host)" in text
+    assert "shelf-1 (platform, declared, beside the host)" in text
+    assert "no redfish.url configured" in text
+    assert "Intel has discontinued Intel Power Gadget" in text
+    assert "not needed: the CPU is measured by hwmon" in text
+    assert "not needed: memory is measured by hwmon" in text

@@ -99,7 +99,7 @@ def test_json_schema(rapl):
     doc = json.loads(out.stderr)  # the whole of stderr is one JSON object
     schema = {
         "schema": str, "command": list, "exit_code": int, "wall_time_s": float, "scope": str,
-        "scope_note": str, "energy_j": float, "measured_energy_j": float,
+        "scope_note": str, "process_tree": dict, "energy_j": float, "measured_energy_j": float,
         "estimated_energy_j": float, "emissions_g": float, "intensity": dict, "pue": float,
         "energy_by_kind_j": dict, "devices": list, "greenest_regions": list,
     }
@@ -107,7 +107,10 @@ def test_json_schema(rapl):
     for key, kind in schema.items():
         assert isinstance(doc[key], kind), key
     assert doc["schema"] == SCHEMA and doc["command"] == ["true"] and doc["exit_code"] == 0
-    assert doc["scope"] == "machine" and "not attribute energy to processes" in doc["scope_note"]
+    assert doc["scope"] == "process tree" and doc["scope_note"].startswith("process tree: ")
+    tree = doc["process_tree"]
+    assert set(tree) == {"energy_j", "emissions_g", "energy_by_kind_j", "method"}
+    assert isinstance(tree["energy_j"], float) and 0 <= tree["energy_j"] <= doc["energy_j"]
     assert set(doc["intensity"]) == {"g_per_kwh", "region", "provider", "source", "year"}
     assert doc["energy_by_kind_j"].keys() == {"cpu", "dram"}
     device_keys = {"id", "kind", "source", "name", "estimated", "energy_j", "emissions_g",
@@ -139,7 +142,7 @@ def test_text_summary_says_units_sources_scope_and_greener_regions(tmp_path):
     assert f"at {de:g} gCO2eq/kWh (DE:" in text
     grams = 7200.25 / 3.6e6 * de
     assert f"{grams:.3g} g" in text or f"{grams * 1000:.3g} mg" in text
-    assert "whole machine" in text
+    assert "process tree: the command and its children spent" in text
     best = [r for r in peers(None)][:3]
     for r in best:
         assert r.name in text
@@ -310,3 +313,33 @@ def test_run_pushes_its_totals_at_exit(rapl, tmp_path):
     report = json.loads(out.stderr)
     host = families["carbonmeter_host_emissions_grams"].samples[0].value
     assert host == pytest.approx(report["emissions_g"], rel=1e-9)
+
+
+def test_the_process_tree_gets_its_share_and_says_so(tmp_path):
+    """On the CPU estimate (this machine has no sensor), a command that keeps one CPU busy
+    gets most of the dynamic energy; an idle one gets almost none. The whole machine's
+    figures stay beside it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cpu: {tdp_watts: 100}\nprobes: {disabled: [rapl, nvml]}\n")
+    busy = ("import time\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.6: pass\n")
+    out = carbonmeter("--json", "--interval", "0.1", "--", PY, "-c", busy, config=cfg)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stderr)
+    tree = doc["process_tree"]
+    assert doc["scope"] == "process tree" and "/proc/<pid>/stat" in tree["method"]
+    assert 0 < tree["energy_j"] < doc["energy_j"]
+    assert tree["energy_by_kind_j"].get("cpu", 0) > 0
+    idle = json.loads(carbonmeter("--json", "--interval", "0.1", "--", "sleep", "0.6",
+                                  config=cfg).stderr)
+    assert idle["process_tree"]["energy_j"] < tree["energy_j"] / 5
+
+
+def test_no_procfs_reports_the_whole_machine_and_why(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"paths: {{procfs: {tmp_path / 'noproc'}}}\ncpu: {{tdp_watts: 100}}\n"
+                   "probes: {disabled: [rapl, nvml, cpu_model, ram_model]}\n"
+                   "declared: [{id: box, kind: other, watts: 10}]\n")
+    doc = json.loads(carbonmeter("--json", "--", "true", config=cfg).stderr)
+    assert doc["scope"] == "machine" and doc["process_tree"] is None
+    assert doc["scope_note"].startswith("whole machine") and "not available" in doc["scope_note"]

@@ -43,6 +43,9 @@ from exporter.sinks.outage import Outage
 from exporter.snapshot import Snapshot
 from probes.base import Device
 
+if typing.TYPE_CHECKING:
+    from exporter.attribution.view import WorkloadRow
+
 log = logging.getLogger(__name__)
 
 # carbonmeter's device kinds as the semantic conventions' hw.type values. A platform
@@ -285,8 +288,35 @@ class OtlpSink:
             return [Observation(i.g_per_kwh, {"carbonmeter.region": i.region,
                                               "carbonmeter.provider": i.provider})]
 
+        def workloads(value: Callable[[WorkloadRow], float | None],
+                      ack: bool = False) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_: CallbackOptions) -> Iterable[Observation]:
+                view = self._snapshot().attribution
+                if view is None:
+                    return []
+                out = [Observation(v, view.otel_attributes(r)) for r in view.rows
+                       if (v := value(r)) is not None]
+                if ack:  # ended workloads' final values are out: they may now be dropped
+                    view.exported()
+                return out
+            return observe
+
+        def embodied(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(e.grams, {"carbonmeter.device": e.device})
+                    for e in self._snapshot().embodied]
+
         counter, gauge = meter.create_observable_counter, meter.create_observable_gauge
         for create, name, callback, unit, description in (
+            (counter, "carbonmeter.workload.energy", workloads(lambda r: r.energy_j), "J",
+             "Energy attributed to a workload (pod, container, process) on one kind of "
+             "device; with the unattributed rows it adds up to the host's energy."),
+            (gauge, "carbonmeter.workload.power", workloads(lambda r: r.power_w), "W",
+             "Power attributed to a workload over the last sampling interval."),
+            (counter, "carbonmeter.workload.emissions",
+             workloads(lambda r: r.emissions_g, ack=True), "g",
+             "CO2-equivalent of a workload's attributed energy, PUE applied."),
+            (counter, "carbonmeter.embodied_emissions", embodied, "g", "Embodied CO2-"
+             "equivalent of the hardware, accrued per second of the exporter's runtime."),
             (counter, "hw.energy", energy, "J",
              "Energy consumed by the component since carbonmeter started measuring it."),
             (gauge, "hw.power", power, "W",

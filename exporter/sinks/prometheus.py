@@ -10,11 +10,10 @@ from __future__ import annotations
 import gzip
 import logging
 import platform
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -26,7 +25,11 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.sinks.http import HttpServer, Request, Response
 from exporter.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +48,33 @@ class SnapshotCollector:
     def collect(self) -> Iterator[Metric]:
         s = self.latest()
         energy = CounterMetricFamily(
-            "carbonmeter_energy_joules", "Energy spent by a device since the exporter started "
-            "measuring it.", labels=DEVICE_LABELS, unit="joules")
+            "carbonmeter_energy_joules", "Energy spent by a device since the exporter first "
+            "measured it (continued across restarts by the state file).", labels=DEVICE_LABELS,
+            unit="joules")
         power = GaugeMetricFamily(
             "carbonmeter_power_watts", "Mean power of a device over the last sampling interval.",
             labels=DEVICE_LABELS, unit="watts")
         emissions = CounterMetricFamily(
             "carbonmeter_emissions_grams", "CO2-equivalent emitted for a device's energy, "
             "PUE applied, at the intensity of each interval.", labels=DEVICE_LABELS, unit="grams")
+        unmeasured = CounterMetricFamily(
+            "carbonmeter_unmeasured_seconds", "Time in which a device's energy could not be "
+            "known (exporter down, stopped or suspended, probe failing) and was not counted.",
+            labels=DEVICE_LABELS, unit="seconds")
         for d in s.devices:
             labels = (d.device.id, d.device.kind, d.device.source)
             energy.add_metric(labels, d.energy_j)
             emissions.add_metric(labels, d.emissions_g)
+            unmeasured.add_metric(labels, d.unmeasured_s)
             if d.power_w is not None:
                 power.add_metric(labels, d.power_w)
-        yield from (energy, power, emissions)
+        yield from (energy, power, emissions, unmeasured)
         yield CounterMetricFamily(
-            "carbonmeter_host_energy_joules", "Energy of all measured devices together; "
-            "devices never overlap, so this is their sum.", s.host_energy_j, unit="joules")
+            "carbonmeter_host_energy_joules", "Energy of the host: the sum of its devices, or "
+            "where a whole-host meter runs (IPMI, Redfish) that meter plus devices beside the "
+            "host.", s.host_energy_j, unit="joules")
         if s.host_power_w is not None:
-            yield GaugeMetricFamily("carbonmeter_host_power_watts", "Mean power of all devices "
+            yield GaugeMetricFamily("carbonmeter_host_power_watts", "Mean power of the host "
                                     "over the last interval.", s.host_power_w, unit="watts")
         yield CounterMetricFamily(
             "carbonmeter_host_emissions_grams", "CO2-equivalent of the host's energy, PUE "
@@ -94,6 +104,11 @@ class SnapshotCollector:
             up.add_metric((p.name,), 1.0 if p.up else 0.0)
             errors.add_metric((p.name,), p.errors_total)
         yield from (up, errors)
+        if s.attribution is not None:
+            from exporter.sinks.workloads import families
+
+            yield from families(s.attribution)
+            s.attribution.exported()
         info = InfoMetricFamily("carbonmeter_build", "carbonmeter version.")
         info.add_metric((), {"version": __version__,
                              "python_version": platform.python_version()})
@@ -168,76 +183,25 @@ LANDING = """<!doctype html><html><head><meta charset="utf-8"><title>carbonmeter
 """
 
 
-def make_server(host: str, port: int, renderer: Renderer,
-                alive: Callable[[], bool]) -> ThreadingHTTPServer:
-    """An HTTP server for /metrics, /healthz and /; call serve_forever() on it."""
+def make_server(host: str, port: int, renderer: Renderer, alive: Callable[[], bool],
+                web: WebConfig | None = None) -> HttpServer:
+    """The HTTP endpoint for /metrics, /healthz and /, with TLS and basic auth when `web`
+    says so; call serve_forever() on it (the socket is already bound)."""
     landing = LANDING.format(version=__version__).encode()
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = f"carbonmeter/{__version__}"
-        protocol_version = "HTTP/1.1"
-        # Keep-alive scrapes must not wait out Nagle + delayed ACK (40 ms a response).
-        disable_nagle_algorithm = True
+    def metrics(req: Request) -> Response:
+        gz = "gzip" in req.headers.get("accept-encoding", "")
+        body, ctype = renderer.render(req.headers.get("accept"), gz)
+        return Response(HTTPStatus.OK, body, ctype, {"Content-Encoding": "gzip"} if gz else {})
 
-        def version_string(self) -> str:
-            return self.server_version  # no Python version for clients to fingerprint
+    def healthz(req: Request) -> Response:
+        if alive():
+            return Response(HTTPStatus.OK, b"ok\n")
+        return Response(HTTPStatus.SERVICE_UNAVAILABLE, b"sampler stalled\n")
 
-        def do_GET(self) -> None:
-            self._respond(send_body=True)
+    def index(req: Request) -> Response:
+        return Response(HTTPStatus.OK, landing, "text/html; charset=utf-8")
 
-        def do_HEAD(self) -> None:
-            self._respond(send_body=False)
-
-        def _respond(self, *, send_body: bool) -> None:
-            path = self.path.split("?", 1)[0]
-            headers: dict[str, str] = {}
-            try:
-                if path == "/metrics":
-                    gz = "gzip" in (self.headers.get("Accept-Encoding") or "")
-                    body, ctype = renderer.render(self.headers.get("Accept"), gz)
-                    if gz:
-                        headers["Content-Encoding"] = "gzip"
-                    status = HTTPStatus.OK
-                elif path == "/healthz":
-                    ok = alive()
-                    status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-                    body, ctype = (b"ok\n" if ok else b"sampler stalled\n"), "text/plain"
-                elif path == "/":
-                    status, body, ctype = HTTPStatus.OK, landing, "text/html; charset=utf-8"
-                else:
-                    status, body, ctype = HTTPStatus.NOT_FOUND, b"not found\n", "text/plain"
-            except Exception:  # never a traceback to a client
-                log.exception("rendering %s", path)
-                status, body, ctype = (HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n",
-                                       "text/plain")
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            if send_body:  # headers and body in one write: one segment for small responses
-                self._headers_buffer.append(b"\r\n")
-                self._headers_buffer.append(body)
-                self.flush_headers()
-            else:
-                self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        # socketserver's default backlog of 5 drops the SYNs of a burst of scrapers, which
-        # then wait a full second to retry.
-        request_queue_size = 128
-
-        def handle_error(self, request: object, client_address: object) -> None:
-            # A client that hangs up mid-request is routine, not a traceback on stderr.
-            log.debug("connection from %s ended: %s", client_address, sys.exc_info()[1])
-
-    if ":" in host:
-        import socket
-
-        Server.address_family = socket.AF_INET6
-    return Server((host, port), Handler)
+    return HttpServer(host, port, {"/metrics": metrics, "/healthz": healthz, "/": index},
+                      tls=web.tls if web else None, auth=web.auth() if web else None,
+                      headers=web.headers if web else None)

@@ -7,11 +7,12 @@ free ports, 1 s scrape and evaluation intervals, and a copy of the rules in whic
 0s, the parameter group evaluates every second, and the emissions budgets are 1 g (a fixture
 cannot emit kilograms in seconds). Everything else, the power threshold included, is as shipped.
 
-Beside it, a stand-in exporter serves a fixed exposition of the series that carbonmeter's live
-intensity providers and workload attribution will export (carbonmeter_workload_*,
-carbonmeter_unmeasured_seconds_total, carbonmeter_carbon_intensity_provider_up and _age_seconds)
-with the names and labels those features are specified with. It stands in for them until they
-land, so that the per-workload dashboard and the provider alert are proven against real data too.
+Beside it, a stand-in exporter plays the rest of a fleet: a fixed exposition of the series a
+node with workload attribution and a live intensity provider exports (carbonmeter_workload_*
+with the labels carbonmeter gives them — `kind` the device kind, `workload` and the level's
+labels —, carbonmeter_unmeasured_seconds_total, carbonmeter_carbon_intensity_provider_up and
+_age_seconds), so the per-workload dashboard and the provider alert are proven against data of
+that shape without a Kubernetes node or a grid API on the test machine.
 A third target is a closed port: an exporter that is down.
 
 The scripted scenario: the sensors first count nothing (CarbonmeterNoEnergy fires, the power
@@ -54,12 +55,16 @@ from tests.test_end_to_end import start_serve, stop
 BUILTINS = {"__rate_interval": "30s", "__interval": "5s", "__range": "10m"}
 
 # What the stand-in exports: (labels, watts) per workload.
+CONTAINER = {"kind": "cpu", "workload": "container"}
+PROCESS = {"kind": "cpu", "workload": "process"}
 WORKLOADS = [
-    ({"kind": "container", "namespace": "shop", "pod": "web-6f7c9", "container": "nginx"}, 12.0),
-    ({"kind": "container", "namespace": "shop", "pod": "web-6f7c9", "container": "app"}, 30.0),
-    ({"kind": "container", "namespace": "batch", "pod": "train-0", "container": "trainer"}, 180.0),
-    ({"kind": "process", "pid": "1234", "comm": "sshd"}, 0.5),
-    ({"kind": "process", "pid": "4321", "comm": "python3"}, 25.0),
+    ({**CONTAINER, "namespace": "shop", "pod": "web-6f7c9", "container": "nginx"}, 12.0),
+    ({**CONTAINER, "namespace": "shop", "pod": "web-6f7c9", "container": "app"}, 30.0),
+    ({**CONTAINER, "namespace": "batch", "pod": "train-0", "container": "trainer"}, 180.0),
+    ({"kind": "cpu", "workload": "unattributed", "namespace": "", "pod": "", "container": ""},
+     40.0),
+    ({**PROCESS, "pid": "1234", "comm": "sshd"}, 0.5),
+    ({**PROCESS, "pid": "4321", "comm": "python3"}, 25.0),
 ]
 STAND_IN_HOST_WATTS = 300.0
 STAND_IN_G_PER_KWH = 620.0  # above the shipped 500 threshold
@@ -71,7 +76,7 @@ def _labels(d: dict[str, str]) -> str:
 
 
 def stand_in_exposition(elapsed: float) -> str:
-    """The future series, counters growing at the stated power since the stand-in started."""
+    """The fleet's series, counters growing at the stated power since the stand-in started."""
     lines = ["# TYPE carbonmeter_workload_energy_joules counter",
              "# TYPE carbonmeter_workload_emissions_grams counter",
              "# TYPE carbonmeter_workload_power_watts gauge"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from exporter import EmissionsTracker, OfflineEmissionsTracker, track, track_emissions
-from exporter.carbon import find_region
+from exporter.carbon import Intensity, find_region
 from exporter.measure import FINE_INTERVAL_S, WRAP_GUARD_S
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
 from tests.fixtures.powercap import one_socket
@@ -236,3 +236,18 @@ def test_importing_exporter_loads_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_a_whole_host_meter_is_the_span_total_not_added_to_its_parts():
+    """The same host rule as the exporter: an IPMI/Redfish meter is the host; the parts
+    inside it are a breakdown; a declared switch beside the host is added."""
+    from exporter.measure import DeviceUsage, Usage
+
+    i = Intensity(100.0, "X", "config", "test")
+    parts = (DeviceUsage("package-0", "cpu", "rapl", "", False, 300.0, 3.0),
+             DeviceUsage("bmc", "platform", "ipmi", "", False, 500.0, 5.0, scope="host"),
+             DeviceUsage("switch-1", "other", "declared", "", True, 40.0, 0.4, scope="beside"))
+    u = Usage("", 0.0, 10.0, parts, i, 1.0)
+    assert u.energy_j == 540.0 and u.emissions_g == pytest.approx(5.4)
+    assert (u.measured_j, u.estimated_j) == (500.0, 40.0)
+    assert Usage("", 0.0, 10.0, parts[:1], i, 1.0).energy_j == 300.0

@@ -53,11 +53,30 @@ def test_unknown_section(tmp_path):
     ("rapl:\n  psys: yes please\n", r"rapl.psys: must be true or false"),
     ("server:\n  listen: localhost\n", r"server.listen: 'localhost' must be HOST:PORT"),
     ("log:\n  level: loud\n", r"log.level: 'loud' is not one of debug, info, warning, error"),
-    ("probes:\n  disabled: [rapl, gpu]\n", r"'gpu' is not one of rapl, nvml, cpu_model"),
+    ("probes:\n  disabled: [rapl, gpu]\n", r"'gpu' is not one of rapl, amd_energy, hwmon, nvml"),
     ("carbon:\n  mix: {coal: 1, fusion: 1}\n", r"carbon.mix: unknown key 'fusion'"),
     ("carbon:\n  mix: {coal: 0}\n", r"shares must add up to more than 0"),
     ("- a\n- b\n", r"top level must be a mapping"),
     ("carbon: [1\n", r"invalid YAML at line 2"),
+    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: b, kind: other, watts: 2}\n"
+     "  - {id: c, kind: other, watts: -3}\n", r"declared\[2\]\.watts: -3 is out of range"),
+    ("declared:\n  - {id: a, kind: other, wats: 1}\n",
+     r"declared\[0\]: unknown key 'wats'; did you mean 'watts'"),
+    ("declared:\n  - {id: a, kind: other}\n", r"declared\[0\]: missing key 'watts'"),
+    ("declared:\n  - {id: a, kind: fridge, watts: 1}\n",
+     r"declared\[0\]\.kind: 'fridge' is not one of cpu, dram, gpu, ram, platform, other"),
+    ("declared:\n  - {id: Switch 1, kind: other, watts: 1}\n",
+     r"declared\[0\]\.id: 'Switch 1' must be lower-case"),
+    ("declared:\n  - {id: a, kind: other, watts: 1}\n  - {id: a, kind: gpu, watts: 2}\n",
+     r"declared\[1\]\.id: 'a' is declared twice"),
+    ("declared: {id: a}\n", r"declared: must be a list of mappings"),
+    ("declared:\n  - switch\n", r"declared\[0\]: must be a mapping"),
+    ("hwmon:\n  kinds: {'amdgpu/*': gpu, 'x/y': fridge}\n",
+     r"hwmon\.kinds\.x/y: 'fridge' is not one of cpu, dram, gpu, ram, platform, other, host"),
+    ("redfish:\n  url: bmc.example.org\n", r"redfish\.url: 'bmc\.example\.org' must be the "
+                                           r"BMC's base URL"),
+    ("redfish:\n  auth: digest\n", r"redfish\.auth: 'digest' is not one of basic, session"),
+    ("ipmi:\n  timeout_seconds: 0\n", r"ipmi\.timeout_seconds: 0 is out of range"),
 ])
 def test_invalid_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -111,7 +130,30 @@ def test_bundled_default_is_the_documented_example():
     """The shipped default.yaml is itself a valid, fully commented configuration."""
     lines = config.default_text().splitlines()
     for section, keys in config.load(env={}).as_dict().items():
+        if not isinstance(keys, dict):  # a top-level list (declared): commented as a whole
+            at = next(i for i, line in enumerate(lines) if line.startswith(f"{section}:"))
+            assert lines[at - 1].startswith("#"), f"{section} has no comment"
+            continue
         start = lines.index(f"{section}:")
         for key in keys:
             at = next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {key}:"))
             assert lines[at - 1].strip().startswith("#"), f"{section}.{key} has no comment"
+
+
+def test_declared_devices_are_a_checked_list(tmp_path):
+    cfg = config.load(write(tmp_path, """
+declared:
+  - {id: switch-1, kind: other, watts: 45, name: ToR switch}
+  - {id: shelf-1, kind: platform, watts: 120.5}
+"""), env={})
+    assert [(d.id, d.kind, d.watts, d.name) for d in cfg.declared] == [
+        ("switch-1", "other", 45.0, "ToR switch"), ("shelf-1", "platform", 120.5, None)]
+    assert "- id: switch-1" in config.dump(cfg)
+
+
+def test_declared_from_the_environment():
+    cfg = config.load(env={"CARBONMETER_DECLARED": "[{id: sw, kind: other, watts: 30}]",
+                           "CARBONMETER_REDFISH_URL": "https://10.0.0.5"})
+    assert cfg.declared[0].watts == 30 and cfg.redfish.url == "https://10.0.0.5"
+    with pytest.raises(ConfigError, match=r"declared\[0\]: missing key 'kind'"):
+        config.load(env={"CARBONMETER_DECLARED": "[{id: sw, watts: 30}]"})

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,35 @@ def test_tls_with_a_private_ca(tmp_path, protocol, caplog):
         assert len(receiver.requests()) == 1
     failing = [r.getMessage() for r in caplog.records if "failing" in r.getMessage()]
     assert len(failing) == 1, caplog.text
+
+
+def test_workloads_and_embodied_carbon_go_over_otlp_too():
+    """The attribution rows of the snapshot, with the Kubernetes semantic-convention
+    attributes, and the embodied emissions: the same values /metrics shows."""
+    from exporter.attribution.view import AttributionView, WorkloadRow
+    from exporter.sinks.otlp import OtlpSink
+    from exporter.snapshot import EmbodiedTotal
+
+    acked = []
+    rows = (WorkloadRow("pod", ("shop", "cart-7d9f"), "cpu", 120.0, 0.0018, 4.5),
+            WorkloadRow("unattributed", ("", ""), "cpu", 30.0, 0.00045, None))
+    view = AttributionView("pod", "node", ("namespace", "pod"), rows, (), {}, 12, 0.001,
+                           "test", ack=acked.append)
+    snap = replace(snapshot(1, 150.0), attribution=view,
+                   embodied=(EmbodiedTotal("host", 2.5),))
+    with Receiver("http/protobuf") as receiver:
+        sink = OtlpSink(otlp_config(receiver.endpoint, "http/protobuf"), lambda: snap)
+        assert sink.close()
+    points = {(p.metric, p.attributes.get("k8s.pod.name", p.attributes.get(
+        "carbonmeter.workload", p.attributes.get("carbonmeter.device")))): p
+        for r in receiver.requests() for p in r.points()}
+    cart = points["carbonmeter.workload.energy", "cart-7d9f"]
+    assert (cart.value, cart.unit, cart.monotonic) == (120.0, "J", True)
+    assert cart.attributes["k8s.namespace.name"] == "shop"
+    assert cart.attributes["hw.type"] == "cpu"
+    assert points["carbonmeter.workload.energy", "unattributed"].value == 30.0
+    assert points["carbonmeter.workload.power", "cart-7d9f"].value == 4.5
+    assert ("carbonmeter.workload.power", "unattributed") not in points  # ended: no power
+    assert points["carbonmeter.workload.emissions", "cart-7d9f"].value == pytest.approx(0.0018)
+    assert points["carbonmeter.embodied_emissions", "host"].value == 2.5
+    assert acked == [12]  # the rows were exported: ended workloads may be dropped

@@ -14,7 +14,13 @@ NVML behaviour reproduced:
 - power usage is an int of mW;
 - a lost GPU (`FakeGpu.lose()`) still counts in nvmlDeviceGetCount but every call on it,
   handle lookup included, raises NVMLError_GpuIsLost;
-- a GPU the user may not open raises NVMLError_NoPermission from nvmlDeviceGetHandleByIndex.
+- a GPU the user may not open raises NVMLError_NoPermission from nvmlDeviceGetHandleByIndex;
+- processes: `nvmlDeviceGetComputeRunningProcesses` returns the friendly objects pynvml builds
+  from c_nvmlProcessInfo_t (pid, usedGpuMemory in bytes, None where NVML cannot say);
+  `nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp)` returns the driver's
+  c_nvmlProcessUtilizationSample_t ring of samples newer than the timestamp (µs), one per busy
+  process each time the GPU's time advances, raises NVMLError_NotFound when there is none, and
+  NVMLError_NotSupported on GPUs without per-process accounting (`process_utilization=False`).
 
 In process: build `FakeNvml([FakeGpu(...), ...])`, pass it as the probe's `nvml`, and move time
 with `fake.advance(seconds)` (or `gpu.advance`).
@@ -27,6 +33,7 @@ sys.modules["pynvml"] (e.g. from a sitecustomize.py on the child's PYTHONPATH:
 `from tests.fakes.fake_nvml import install_from_env; install_from_env()`). The state file is JSON:
 
     {"start_monotonic": 12345.6,          # optional; time.monotonic() when energy began to count
+     "driver_version": "550.54.15",       # optional; what nvmlSystemGetDriverVersion returns
      "init_error": "LIBRARY_NOT_FOUND",   # optional; nvmlInit raises NVML_ERROR_<this>
      "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "uuid": "GPU-...", "power_mw": 250000,
                "energy_counter": true, "power_supported": true, "energy_mj": 0,
@@ -89,6 +96,9 @@ class FakeGpu:
         power_supported: bool = True,
         energy_mj: float = 0,
         permitted: bool = True,
+        processes: dict[int, int | None] | None = None,
+        sm_util: dict[int, int] | None = None,
+        process_utilization: bool = True,
     ) -> None:
         self.name = name
         self.uuid = uuid
@@ -98,6 +108,11 @@ class FakeGpu:
         self.permitted = permitted
         self.error: int | None = None  # an NVML error code every call on this GPU raises
         self._energy_mj = float(energy_mj)
+        self.processes: dict[int, int | None] = dict(processes or {})  # pid -> bytes held
+        self.sm_util: dict[int, int] = dict(sm_util or {})  # pid -> SM utilisation, percent
+        self.process_utilization = process_utilization
+        self.now_us = 1_700_000_000_000_000  # the driver's sample clock
+        self.samples: list[tuple[int, int, int]] = []  # (timestamp µs, pid, smUtil)
 
     @property
     def energy_mj(self) -> int:
@@ -105,8 +120,13 @@ class FakeGpu:
         return int(self._energy_mj)
 
     def advance(self, seconds: float) -> None:
-        """Let `seconds` pass at the current power (mW × s = mJ)."""
+        """Let `seconds` pass at the current power (mW × s = mJ); busy processes get a
+        utilisation sample."""
         self._energy_mj += self.power_mw * seconds
+        if seconds > 0:
+            self.now_us += int(seconds * 1e6)
+            self.samples.extend((self.now_us, pid, u) for pid, u in self.sm_util.items() if u)
+            del self.samples[:-256]  # the driver keeps a bounded ring
 
     def lose(self) -> None:
         """The GPU falls off the bus: every later call raises NVMLError_GpuIsLost."""
@@ -126,6 +146,9 @@ class FakeGpu:
             "energy_mj": self._energy_mj,
             "permitted": self.permitted,
             "error": self.error,
+            "processes": {str(k): v for k, v in self.processes.items()},
+            "sm_util": {str(k): v for k, v in self.sm_util.items()},
+            "process_utilization": self.process_utilization,
         }
 
 
@@ -151,8 +174,10 @@ class FakeNvml:
         init_error: str | int | None = None,
         bytes_strings: bool = False,
         clock: Callable[[], float] | None = None,
+        driver_version: str = "550.54.15",
     ) -> None:
         self.gpus = list(gpus)
+        self.driver_version = driver_version
         self.init_error = None if init_error is None else error_code(init_error)
         self.bytes_strings = bytes_strings  # pynvml before 11.515 returned bytes
         self.calls: Counter[str] = Counter()
@@ -185,6 +210,10 @@ class FakeNvml:
         if self.refcount == 0:
             _raise(pynvml.NVML_ERROR_UNINITIALIZED)
         self.refcount -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str | bytes:
+        self._enter("nvmlSystemGetDriverVersion")
+        return self._string(self.driver_version)
 
     def nvmlDeviceGetCount(self) -> int:
         self._enter("nvmlDeviceGetCount")
@@ -220,6 +249,31 @@ class FakeNvml:
         if not gpu.power_supported:
             _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return int(gpu.power_mw)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
+        gpu = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
+        out = []
+        for pid, used in gpu.processes.items():
+            info = pynvml.c_nvmlProcessInfo_t(
+                pid=pid, usedGpuMemory=pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+                if used is None else used, gpuInstanceId=0xFFFFFFFF,
+                computeInstanceId=0xFFFFFFFF)
+            obj = pynvml.nvmlStructToFriendlyObject(info)
+            if obj.usedGpuMemory == pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value:
+                obj.usedGpuMemory = None  # as pynvml does
+            out.append(obj)
+        return out
+
+    def nvmlDeviceGetProcessUtilization(self, handle: _Handle, timeStamp: int) -> list[Any]:
+        gpu = self._gpu("nvmlDeviceGetProcessUtilization", handle)
+        if not gpu.process_utilization:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        found = [pynvml.c_nvmlProcessUtilizationSample_t(pid=pid, timeStamp=ts, smUtil=u,
+                                                         memUtil=u // 2, encUtil=0, decUtil=0)
+                 for ts, pid, u in gpu.samples if ts > timeStamp]
+        if not found:
+            _raise(pynvml.NVML_ERROR_NOT_FOUND)
+        return found
 
     # -- internals ------------------------------------------------------------------------
 
@@ -263,6 +317,7 @@ class FakeNvml:
             if entry is None:
                 continue
             gpu.power_mw = entry.get("power_mw", gpu.power_mw)
+            _processes_from(gpu, entry)
             err = entry.get("error")
             gpu.error = None if err is None else error_code(err)
 
@@ -272,12 +327,19 @@ for _name in _ERROR_NAMES:
     setattr(FakeNvml, _name, getattr(pynvml, _name))
 
 
+def _processes_from(gpu: FakeGpu, entry: Mapping[str, Any]) -> None:
+    gpu.processes = {int(k): v for k, v in (entry.get("processes") or {}).items()}
+    gpu.sm_util = {int(k): v for k, v in (entry.get("sm_util") or {}).items()}
+    gpu.process_utilization = entry.get("process_utilization", True)
+
+
 def write_state(
     path: str | os.PathLike[str],
     gpus: Iterable[FakeGpu],
     *,
     init_error: str | int | None = None,
     start_monotonic: float | None = None,
+    driver_version: str | None = None,
 ) -> Path:
     """Write (atomically) the JSON state file `load_from_env` reads."""
     path = Path(path)
@@ -286,6 +348,8 @@ def write_state(
         state["init_error"] = init_error
     if start_monotonic is not None:
         state["start_monotonic"] = start_monotonic
+    if driver_version is not None:
+        state["driver_version"] = driver_version
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(state, f)
@@ -315,9 +379,11 @@ def load_from_env(
         )
         if entry.get("error") is not None:
             gpu.fail(entry["error"])
+        _processes_from(gpu, entry)
         gpu.advance(elapsed)
         gpus.append(gpu)
-    fake = FakeNvml(gpus, init_error=state.get("init_error"), clock=clock)
+    fake = FakeNvml(gpus, init_error=state.get("init_error"), clock=clock,
+                    driver_version=state.get("driver_version", "550.54.15"))
     fake._state_path = path
     return fake
 

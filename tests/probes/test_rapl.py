@@ -85,7 +85,9 @@ def test_one_socket(tmp_path: Path, make) -> None:
     probe = make(tree)
     assert probe.name == "rapl"
     assert probe.devices == (
-        Device("package-0", "cpu", "rapl", name="package-0", wrap_uj=wrap_of(tree, "intel-rapl:0")),
+        Device("package-0", "cpu", "rapl", name="package-0", wrap_uj=wrap_of(tree, "intel-rapl:0"),
+               identity=f"intel-rapl:0 max_energy_range_uj="
+                        f"{tree.max_energy_range_uj('intel-rapl:0')}"),
     )
     assert probe.covers == frozenset({"cpu"})
     assert counters(probe) == {"package-0": tree.energy_uj("intel-rapl:0")}
@@ -143,7 +145,9 @@ def test_psys_only_when_configured(tmp_path: Path, make) -> None:
     assert sorted(d.id for d in plain.devices) == ["dram-0", "package-0"]
     platform = make(tree, psys=True)
     assert platform.devices == (
-        Device("psys", "platform", "rapl", name="psys", wrap_uj=wrap_of(tree, "intel-rapl:1")),
+        Device("psys", "platform", "rapl", name="psys", wrap_uj=wrap_of(tree, "intel-rapl:1"),
+               identity=f"intel-rapl:1 max_energy_range_uj="
+                        f"{tree.max_energy_range_uj('intel-rapl:1')}"),
     )
     assert platform.covers == frozenset({"cpu", "dram"})
     tree.advance("intel-rapl:1", 7)

@@ -1,0 +1,266 @@
+"""A small hardened HTTP/1.1 server for the exporter's few GET endpoints.
+
+One asyncio event loop on one thread serves every connection, so a slow or idle
+client costs a socket and a few kB, never a thread, and cannot hold up a scrape:
+
+- a request head must arrive whole within HEAD_TIMEOUT (slowloris), be at most
+  HEAD_LIMIT bytes with at most MAX_HEADERS lines (431 otherwise);
+- keep-alive connections wait IDLE_TIMEOUT for their next request; a response must
+  be taken by the client within WRITE_TIMEOUT; a TLS handshake within HANDSHAKE_TIMEOUT;
+- at MAX_CONNECTIONS open connections, a new one closes the connection that has waited
+  longest for a request head, so the newest client (a scrape) is always served;
+- only GET and HEAD on known paths (405 with Allow otherwise, 404 for unknown paths);
+  requests with a body are refused and the connection closed;
+- a handler that raises answers 500 with a fixed text: no stack trace reaches a client;
+- basic auth (bcrypt) runs off the loop, once per distinct credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import email.utils
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from exporter.webconfig import BasicAuth
+
+log = logging.getLogger(__name__)
+
+HEAD_LIMIT = 8192  # bytes of request line + headers (nginx's default large buffer)
+MAX_HEADERS = 100  # as Go's and Python's HTTP servers
+HEAD_TIMEOUT = 10.0  # seconds for a new connection's first request head
+IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may wait for its next request
+WRITE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 512
+METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # names in lower case
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Route = Callable[[Request], Response]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: HTTPStatus, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+class HttpServer:
+    """Serves `routes` ({path: handler}); the socket is bound at construction (so a busy
+    port fails before anything starts), then serve_forever() runs until shutdown()."""
+
+    def __init__(self, host: str, port: int, routes: dict[str, Route], *,
+                 tls: ssl.SSLContext | None = None, auth: BasicAuth | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.routes = routes
+        self.tls = tls
+        self.auth = auth
+        self.extra_headers = headers or {}
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # "[::]" listens on IPv4 too, as the kernel's default for a wildcard IPv6 socket
+        dualstack = host == "::" and socket.has_dualstack_ipv6()
+        self.socket = socket.create_server((host, port), family=family, backlog=1024,
+                                           dualstack_ipv6=dualstack)
+        self.server_address = self.socket.getsockname()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stopped = threading.Event()
+        self._shutdown = False
+        self._lock = threading.Lock()
+        self._waiting: collections.OrderedDict[asyncio.StreamWriter, None] = (
+            collections.OrderedDict())  # connections waiting for a head, oldest first
+        self._open = 0
+        self._auth_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() (from another thread) and wait until it has returned."""
+        with self._lock:
+            self._shutdown = True
+            loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+            self._stopped.wait(10)
+        if self._auth_pool is not None:
+            self._auth_pool.shutdown(wait=False)
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet)
+        with self._lock:
+            if self._shutdown:
+                return
+            self._loop, self._stop = loop, asyncio.Event()
+        server = await asyncio.start_server(
+            self._client, sock=self.socket, ssl=self.tls, limit=HEAD_LIMIT,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.tls else None)
+        async with server:
+            await self._stop.wait()
+            server.close()
+            for writer in list(self._waiting):
+                writer.transport.abort()
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open += 1
+        if self._open > MAX_CONNECTIONS and self._waiting:
+            oldest = next(iter(self._waiting))
+            self._waiting.pop(oldest)
+            oldest.transport.abort()
+        try:
+            timeout = HEAD_TIMEOUT
+            while True:
+                self._waiting[writer] = None
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                except asyncio.LimitOverrunError:
+                    await self._send(writer, "GET", _text(
+                        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        f"request head larger than {HEAD_LIMIT} bytes"), close=True)
+                    return
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+                    return  # closed by the client, or too slow: nothing to answer
+                finally:
+                    self._waiting.pop(writer, None)
+                timeout = IDLE_TIMEOUT
+                try:
+                    request, close = _parse(head)
+                except _BadRequest as e:
+                    await self._send(writer, "GET", _text(e.status, str(e)), close=True)
+                    return
+                response, close_now = await self._respond(request)
+                close = close or close_now
+                await self._send(writer, request.method, response, close=close)
+                if close:
+                    return
+        except (ConnectionError, OSError, asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        except Exception:  # a bug here must cost one connection, never the server
+            log.exception("http: connection failed")
+        finally:
+            self._open -= 1
+            writer.transport.abort()
+
+    async def _respond(self, req: Request) -> tuple[Response, bool]:
+        """The response, and whether the connection must close after it."""
+        route = self.routes.get(req.path)
+        if route is None:
+            return _text(HTTPStatus.NOT_FOUND, "not found"), False
+        if req.method not in METHODS:
+            r = _text(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD are allowed")
+            r.headers["Allow"] = ", ".join(METHODS)
+            return r, False
+        if self.auth is not None and not await self._authorized(req):
+            r = _text(HTTPStatus.UNAUTHORIZED, "unauthorized")
+            r.headers["WWW-Authenticate"] = 'Basic realm="carbonmeter", charset="UTF-8"'
+            return r, False
+        try:
+            return route(req), False
+        except Exception:  # never a traceback to a client
+            log.exception("http: handling %s", req.path)
+            return _text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"), True
+
+    async def _authorized(self, req: Request) -> bool:
+        assert self.auth is not None
+        header = req.headers.get("authorization")
+        if header is None:
+            return False
+        if self.auth.cached(header):
+            return True
+        if self._auth_pool is None:  # bcrypt is slow by design: keep it off the loop
+            self._auth_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="bcrypt")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._auth_pool, self.auth.check, header)
+
+    async def _send(self, writer: asyncio.StreamWriter, method: str, r: Response, *,
+                    close: bool) -> None:
+        status = HTTPStatus(r.status)
+        lines = [f"HTTP/1.1 {status.value} {status.phrase}",
+                 f"Date: {email.utils.formatdate(usegmt=True)}",
+                 f"Content-Type: {r.content_type}", f"Content-Length: {len(r.body)}"]
+        lines += [f"{k}: {v}" for k, v in {**self.extra_headers, **r.headers}.items()]
+        if close:
+            lines.append("Connection: close")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if method != "HEAD":
+            writer.write(r.body)
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+
+def _text(status: HTTPStatus, text: str) -> Response:
+    return Response(status.value, (text + "\n").encode())
+
+
+def _parse(head: bytes) -> tuple[Request, bool]:
+    """A request head -> (request, close the connection after answering)."""
+    lines = head[:-4].split(b"\r\n")
+    while lines and not lines[0]:  # stray CRLFs before a request are allowed (RFC 9112)
+        lines.pop(0)
+    if not lines:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "empty request")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                          f"more than {MAX_HEADERS} header lines")
+    parts = lines[0].decode("latin-1").split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise _BadRequest(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep or not name or name != name.strip() or " " in name:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "malformed header line")
+        key, value = name.lower(), value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    length = headers.get("content-length", "0").strip()
+    if "transfer-encoding" in headers or not length.isdigit() or int(length) != 0:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "request bodies are not accepted")
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    close = version == "HTTP/1.0" or "close" in tokens
+    return Request(method, target.split("?", 1)[0], headers), close
+
+
+def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Failed TLS handshakes and reset connections are the client's affair: one debug line,
+    no traceback in the log."""
+    log.debug("http: %s %s", context.get("message"), context.get("exception") or "")

@@ -1,0 +1,121 @@
+"""Whole-server power from the BMC: ``ipmitool dcmi power reading`` (IPMI DCMI Get Power
+Reading), run once per interval.
+
+ipmitool prints, after an empty line::
+
+        Instantaneous power reading:                   220 Watts
+        Minimum during sampling period:                 88 Watts
+        Maximum during sampling period:                516 Watts
+        Average power reading over sample period:      221 Watts
+        IPMI timestamp:                           Thu Feb 15 08:36:01 2024
+        Sampling period:                          00000001 Seconds.
+        Power reading state is:                   activated
+
+The instantaneous reading is used and integrated by trapezoid (the "average" is over the
+BMC's own period, which is not the exporter's interval). The BMC measures the server at its
+power supplies, so the device is the host's total (scope host): per-component sources stay
+as a breakdown and are not added to it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from probes.base import HOST, Device, ProbeRead, ProbeUnavailable, Reading
+
+_READING = re.compile(r"^\s*Instantaneous power reading:\s*(\d+)\s+Watts", re.M)
+_STATE = re.compile(r"^\s*Power reading state is:\s*(\w+)", re.M)
+_DCMI_FAILED = re.compile(r"DCMI request failed because: (.+)")
+
+
+class IpmiError(Exception):
+    """A reading that failed; str() is one line a person can act on."""
+
+
+def parse_reading(out: str) -> float:
+    """Watts from ipmitool's output, or IpmiError saying why there are none."""
+    m = _READING.search(out)
+    if m is None:
+        first = next((ln.strip() for ln in out.splitlines() if ln.strip()), "nothing")
+        raise IpmiError(f"unexpected ipmitool output: {first}")
+    watts = float(m.group(1))
+    state = _STATE.search(out)
+    if watts == 0 and state and state.group(1) == "deactivated":
+        raise IpmiError("the BMC's power measurement is deactivated (Power reading state "
+                        "is: deactivated) and reads 0 W")
+    if watts == 0:
+        # A running server never draws 0 W: BMCs that implement the command without a
+        # meter answer 0. Some (OpenBMC) say "deactivated" yet fill in the reading.
+        raise IpmiError("the BMC answers 0 W: it implements DCMI without a power meter")
+    return watts
+
+
+def explain(err: str, code: int) -> str:
+    """One actionable line for ipmitool's error output."""
+    text = err.strip()
+    if "Could not open device" in text:
+        if "Permission denied" in text:
+            return f"{_last(text)}: run as root, or give carbonmeter's user access to it"
+        return (f"{_last(text)}: no local BMC interface; load the drivers (modprobe ipmi_si "
+                "ipmi_devintf) on a server with a BMC, or set ipmi.args for a remote one")
+    m = _DCMI_FAILED.search(text)
+    if m:
+        return (f"the BMC does not give DCMI power readings (DCMI request failed because: "
+                f"{m.group(1).strip()})")
+    if "Unable to establish" in text or "Error: Unable" in text:
+        return f"{_last(text)}: check ipmi.args (host, user) and IPMI_PASSWORD for -E"
+    return _last(text) or f"ipmitool exited with status {code}"
+
+
+class IpmiProbe:
+    """The server as one device, ``server``, kind platform, the host's whole power."""
+
+    name = "ipmi"
+    covers = frozenset()  # a whole-host meter replaces no component source
+
+    def __init__(self, *, command: str = "ipmitool", args: Sequence[str] = (),
+                 timeout: float = 5.0) -> None:
+        exe = shutil.which(command)
+        if exe is None:
+            raise ProbeUnavailable(f"{command} not found: install ipmitool (apt-get install "
+                                   "ipmitool) on a server with a BMC, or set ipmi.command")
+        self._argv = [exe, *args, "dcmi", "power", "reading"]
+        self._timeout = timeout
+        try:
+            watts = self._reading()
+        except IpmiError as e:
+            raise ProbeUnavailable(str(e)) from e
+        self.device = Device("server", "platform", self.name, name="BMC DCMI power reading",
+                             scope=HOST)
+        self.devices = (self.device,)
+        self.modes = {"server": f"{watts:g} W at start; the whole host"}
+
+    def read(self) -> ProbeRead:
+        try:
+            return ProbeRead([Reading(self.device, power_w=self._reading())], [])
+        except IpmiError as e:
+            return ProbeRead([], [f"ipmi: {e}"])
+
+    def close(self) -> None:
+        pass
+
+    def _reading(self) -> float:
+        try:
+            done = subprocess.run(self._argv, capture_output=True, text=True,
+                                  timeout=self._timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            raise IpmiError(f"ipmitool did not answer within {self._timeout:g} s "
+                            "(ipmi.timeout_seconds)") from e
+        except OSError as e:
+            raise IpmiError(f"cannot run {self._argv[0]}: {e.strerror or e}") from e
+        if done.returncode != 0:
+            raise IpmiError(explain(done.stderr or done.stdout, done.returncode))
+        return parse_reading(done.stdout)
+
+
+def _last(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

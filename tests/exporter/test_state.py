@@ -1,0 +1,115 @@
+"""The state file: durable checkpoints, and files that cannot be trusted set aside."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+
+import pytest
+
+from exporter import state
+from exporter.state import Store
+
+DEVICE = {
+    "id": "package-0", "kind": "cpu", "source": "rapl", "name": "Xeon", "estimated": False,
+    "wrap_uj": 262143328911.04, "identity": "intel-rapl:0 max_energy_range_uj=262143328850",
+    "max_power_w": None, "mean_power": False, "energy_j": 1234.5, "emissions_g": 0.25,
+    "unmeasured_s": 3.0, "counter_uj": 99_000_000, "t": 100.0, "wall": 1.7e9,
+}
+
+
+def test_checkpoint_round_trip_leaves_one_file(tmp_path):
+    store = Store.open(str(tmp_path / "sub" / "state.json"))  # the directory is created
+    assert store is not None
+    assert store.save("boot-a", [DEVICE])
+    restored = store.load()
+    assert restored is not None
+    assert restored.boot_id == "boot-a" and restored.devices == [DEVICE]
+    assert os.listdir(tmp_path / "sub") == ["state.json"]  # no temporary file left
+    assert oct(os.stat(tmp_path / "sub" / "state.json").st_mode & 0o777) == "0o640"
+
+
+def test_missing_file_is_a_fresh_start(tmp_path):
+    assert Store(tmp_path / "state.json").load() is None
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "not JSON"),
+    (None, "not JSON"),  # a checkpoint cut in the middle
+    (b"\x00\xff garbage \x13\x37" * 50, "not JSON"),
+    (json.dumps({"version": 2, "written_unix": 1, "boot_id": "", "devices": []}).encode(),
+     "written by a newer carbonmeter (state version 2"),
+    (json.dumps({"written_unix": 1}).encode(), "no version number"),
+    (json.dumps({"version": 1, "written_unix": 1, "boot_id": "b",
+                 "devices": [{**DEVICE, "energy_j": -1.0}]}).encode(), "energy_j is negative"),
+    (json.dumps({"version": 1, "written_unix": 1, "boot_id": "b",
+                 "devices": [{**DEVICE, "counter_uj": "12"}]}).encode(), "counter_uj is missing"),
+    (json.dumps({"version": 1, "written_unix": 1, "boot_id": "b",
+                 "devices": [DEVICE, DEVICE]}).encode(), "appears twice"),
+])
+def test_untrusted_file_is_kept_aside_with_the_reason(tmp_path, caplog, content, reason):
+    path = tmp_path / "state.json"
+    store = Store(path)
+    if content is None:
+        assert store.save("b", [DEVICE])
+        content = path.read_bytes()[: len(path.read_bytes()) // 2]
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="exporter.state"):
+        assert store.load() is None
+    assert not path.exists()
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("state.json.rejected-")]
+    assert aside.read_bytes() == content  # kept for a person to look at
+    assert reason in caplog.text and str(aside) in caplog.text and "starting from zero" in \
+        caplog.text
+    assert store.save("b", [DEVICE]) and store.load() is not None  # and life goes on
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, caplog):
+    """ENOSPC is injected where the writer writes, after half the bytes went out, as a full
+    disk does (write(2) fails part-way); the temporary file must go and the old file stay."""
+    path = tmp_path / "state.json"
+    store = Store(path)
+    assert store.save("b", [DEVICE])
+    before = path.read_bytes()
+    real = state._write_all
+
+    def full_disk(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(state, "_write_all", full_disk)
+    bigger = [{**DEVICE, "energy_j": 99999.0}]
+    with caplog.at_level(logging.INFO, logger="exporter.state"):
+        assert not store.save("b", bigger)
+        assert not store.save("b", bigger)  # failing again: logged once, not every time
+        assert caplog.text.count("No space left on device") == 1
+        assert path.read_bytes() == before and os.listdir(tmp_path) == ["state.json"]
+        assert store.load().devices == [DEVICE]
+        monkeypatch.setattr(state, "_write_all", real)  # space is back
+        assert store.save("b", bigger)
+    assert "work again" in caplog.text
+    assert store.load().devices == bigger
+
+
+def test_unwritable_directory_disables_persistence_with_one_line(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING, logger="exporter.state"):
+        assert Store.open(str(blocker / "state.json")) is None
+    assert len(caplog.records) == 1 and "totals restart from zero" in caplog.text
+
+
+def test_leftover_temporary_files_are_swept(tmp_path):
+    (tmp_path / ".state.json.1234.5678.tmp").write_text("{")
+    (tmp_path / "unrelated.tmp").write_text("")
+    Store.open(str(tmp_path / "state.json"))
+    assert sorted(os.listdir(tmp_path)) == ["unrelated.tmp"]
+
+
+def test_boot_id_comes_from_procfs(tmp_path):
+    (tmp_path / "sys" / "kernel" / "random").mkdir(parents=True)
+    (tmp_path / "sys" / "kernel" / "random" / "boot_id").write_text("abc-123\n")
+    assert state.boot_id(tmp_path) == "abc-123"
+    assert state.boot_id(tmp_path / "nowhere") == ""
