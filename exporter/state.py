@@ -259,9 +259,13 @@ class Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
+        written = None
         while not self._stop.wait(self.every):
             try:
-                self.store.save(self.boot, self.export())
+                tracks = self.export()
+                if tracks != written:  # no sample since the last checkpoint: nothing to write
+                    self.store.save(self.boot, tracks)
+                    written = tracks
             except Exception:  # a bug must not end checkpointing for good
                 log.exception("state: checkpoint failed")
 
