@@ -55,7 +55,8 @@ class Sampler:
         # Decided once from what the probes found, not from what answered this interval, so
         # the host counters never switch between a meter and a sum (and never go back).
         self.metered = any(d.scope == HOST for p in probes for d in p.devices)
-        self._guards = [GuardedProbe(p, clock, inline=probe_timeout is None) for p in probes]
+        self._guards = [GuardedProbe(p, clock, inline=probe_timeout is None
+                                     or not getattr(p, "may_block", True)) for p in probes]
         self._errors = {p.name: 0 for p in probes}
         self._last_error = {p.name: "" for p in probes}
         self._up = {p.name: True for p in probes}

@@ -35,6 +35,7 @@ class AmdEnergyProbe:
     """One device per socket: ``package-N``, named like RAPL's so dashboards carry over."""
 
     name = "amd_energy"
+    may_block = False  # see probes.base.Probe
     covers = frozenset({"cpu"})
 
     def __init__(self, paths: Paths) -> None:

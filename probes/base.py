@@ -82,7 +82,13 @@ class Paths:
 
 
 class Probe(Protocol):
-    """A power source. Construction discovers devices or raises ProbeUnavailable."""
+    """A power source. Construction discovers devices or raises ProbeUnavailable.
+
+    A probe may set `may_block = False` when its reads cannot hang: values the kernel keeps
+    in memory or reads from a CPU register (powercap, procfs), or none at all. The exporter
+    then reads it in the sampling thread; every other probe reads on a thread of its own
+    under a timeout (exporter/guard.py), which costs two thread hand-offs a read.
+    """
 
     name: str
 

@@ -80,6 +80,7 @@ class CpuModelProbe:
     """One estimated device for all CPU packages, fed by /proc/stat utilisation."""
 
     name = "cpu_model"
+    may_block = False  # see probes.base.Probe
     covers = frozenset({"cpu"})
 
     def __init__(self, paths: Paths, *, tdp_watts: float | None = None,

@@ -27,6 +27,7 @@ class Declaration(Protocol):
 
 class DeclaredProbe:
     name = "declared"
+    may_block = False  # see probes.base.Probe
     covers = frozenset()  # they stand beside the host: they replace no estimate
 
     def __init__(self, declarations: Iterable[Declaration]) -> None:

@@ -20,6 +20,7 @@ def installed_gb(meminfo: str) -> float:
 
 class RamModelProbe:
     name = "ram_model"
+    may_block = False  # see probes.base.Probe
     covers = frozenset({"dram"})
 
     def __init__(self, paths: Paths, *, watts_per_gb: float) -> None:

@@ -68,6 +68,7 @@ class RaplProbe:
     """Packages and DRAM, or psys alone: never a zone together with one it contains."""
 
     name = "rapl"
+    may_block = False  # see probes.base.Probe
 
     def __init__(self, paths: Paths, *, psys: bool = False) -> None:
         self._base = Path(paths.sysfs) / "class" / "powercap"
