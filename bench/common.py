@@ -97,8 +97,10 @@ class FixtureHost:
 
     def config(self, extra: str = "") -> Path:
         path = self.root / f"carbonmeter-{time.monotonic_ns()}.yaml"
+        # each exporter checkpoints its totals to its own file, as it would on its own host
         path.write_text(f"paths: {{sysfs: {self.root / 'sys'}}}\ncarbon: {{region: FR}}\n"
-                        "log: {level: warning}\n" + extra)
+                        f"log: {{level: warning}}\nstate: {{path: {path.with_suffix('.state')}}}\n"
+                        + extra)
         return path
 
     def env(self) -> dict[str, str]:

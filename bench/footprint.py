@@ -3,9 +3,9 @@
 - self CPU per hour of `carbonmeter serve` at intervals of 15 s, 1 s and 0.1 s on the 8-device
   fixture host, without scrapes and with a scrape every 15 s; CodeCarbon 3.3's
   OfflineEmissionsTracker (offline, country FRA) at the same intervals. All run at once for the
-  same window. CPU is each process's own rusage at exit (wait4: user + system, microseconds),
-  less the median rusage of starting it until ready and stopping it at once, over the time it
-  ran after it was ready, x 3600.
+  same window. CPU is the kernel's utime + stime of each whole process (/proc/PID/stat, dead
+  threads included) between two instants after every process has started, x 3600 / window;
+  its resolution is one clock tick (10 ms), 0.06 s/hour over the default 600 s window.
 - peak (VmHWM) and steady (VmRSS) memory: carbonmeter with Prometheus only, and with OTLP on
   (OTEL_EXPORTER_OTLP_ENDPOINT pointed at a local receiver); CodeCarbon.
 - start-up: exec to the first scrape that returns every device (carbonmeter), exec to
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     FixtureHost,
     carbonmeter,
+    cpu_seconds,
     free_port,
     median,
     memory_kb,
@@ -90,35 +90,6 @@ def start_codecarbon(py: Path, interval: float, tmp: str) -> subprocess.Popen:
     return proc
 
 
-class Measured:
-    """A process whose CPU is taken from its rusage when it exits (microsecond resolution)."""
-
-    def __init__(self, label: str, interval: float, scraped: bool, start) -> None:
-        self.label, self.interval, self.scraped = label, interval, scraped
-        self._start = start  # () -> (Popen, metrics URL or None), returns once it is ready
-        self.proc, self.url = start()
-        self.ready = time.monotonic()
-
-    def stop(self) -> tuple[float, float]:
-        """(CPU seconds over the whole life, seconds since ready), then the process is gone."""
-        wall = time.monotonic() - self.ready
-        self.proc.send_signal(signal.SIGTERM)
-        _, status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
-        return usage.ru_utime + usage.ru_stime, wall
-
-    def startup_cpu(self, runs: int = 3) -> float:
-        """CPU of starting until ready and stopping at once: subtracted from the lifetime."""
-        costs = []
-        for _ in range(runs):
-            proc, _ = self._start()
-            proc.send_signal(signal.SIGTERM)
-            _, _, usage = os.wait4(proc.pid, 0)
-            proc.returncode = 0
-            costs.append(usage.ru_utime + usage.ru_stime)
-        return median(costs)
-
-
 def _serve_starter(host: FixtureHost, interval: float):
     def start() -> tuple[subprocess.Popen, str]:
         port = free_port()
@@ -132,44 +103,44 @@ def _serve_starter(host: FixtureHost, interval: float):
     return start
 
 
-def _codecarbon_starter(py: Path, interval: float, tmp: str):
-    def start() -> tuple[subprocess.Popen, None]:
-        return start_codecarbon(py, interval, tmp), None
-    return start
-
-
 def cpu_per_hour(host: FixtureHost, window: float, peer: Path | None) -> str:
-    measured: list[Measured] = []
+    """Every process runs at once; CPU is read from the kernel at two instants after all
+    have started (utime + stime of the whole process, dead threads included)."""
+    procs: list[tuple[str, float, bool, subprocess.Popen, str | None]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for interval in INTERVALS:
-            for scraped in (False, True):
-                measured.append(Measured("carbonmeter", interval, scraped,
-                                         _serve_starter(host, interval)))
-        if peer is not None:
+        try:
             for interval in INTERVALS:
-                measured.append(Measured("CodeCarbon", interval, False,
-                                         _codecarbon_starter(peer, interval, tmp)))
-        t0 = time.monotonic()
-        next_scrape = t0 + 15
-        while (now := time.monotonic()) < t0 + window:
-            if now >= next_scrape:
-                for m in measured:
-                    if m.scraped and m.url:
-                        scrape(m.url)
-                next_scrape += 15
-            time.sleep(min(0.5, max(0.0, next_scrape - time.monotonic())))
-        totals = {id(m): m.stop() for m in measured}
-        per_hour = {}
-        for m in measured:
-            cpu, wall = totals[id(m)]
-            per_hour[id(m)] = max(0.0, cpu - m.startup_cpu()) / wall * 3600
-    cc = {m.interval: per_hour[id(m)] for m in measured if m.label == "CodeCarbon"}
+                for scraped in (False, True):
+                    proc, url = _serve_starter(host, interval)()
+                    procs.append(("carbonmeter", interval, scraped, proc, url))
+            if peer is not None:
+                for interval in INTERVALS:
+                    procs.append(("CodeCarbon", interval, False,
+                                  start_codecarbon(peer, interval, tmp), None))
+            time.sleep(5)  # past start-up: first samples, imports done
+            c0 = [cpu_seconds(p[3].pid) for p in procs]
+            t0 = time.monotonic()
+            next_scrape = t0 + 15
+            while (now := time.monotonic()) < t0 + window:
+                if now >= next_scrape:
+                    for _, _, scraped, _, url in procs:
+                        if scraped and url:
+                            scrape(url)
+                    next_scrape += 15
+                time.sleep(min(0.5, max(0.0, next_scrape - time.monotonic())))
+            elapsed = time.monotonic() - t0
+            per_hour = [(cpu_seconds(p[3].pid) - c) / elapsed * 3600
+                        for p, c in zip(procs, c0, strict=True)]
+        finally:
+            for p in procs:
+                p[3].terminate()
+                p[3].wait()
+    cc = {p[1]: v for p, v in zip(procs, per_hour, strict=True) if p[0] == "CodeCarbon"}
     rows: list[list[object]] = []
-    for m in measured:
-        value = per_hour[id(m)]
-        ratio = (f"{value / cc[m.interval]:.3f}"
-                 if m.label == "carbonmeter" and cc.get(m.interval) else "")
-        rows.append([m.label, f"{m.interval:g} s", "every 15 s" if m.scraped else "none",
+    for (label, interval, scraped, _, _), value in zip(procs, per_hour, strict=True):
+        ratio = (f"{value / cc[interval]:.3f}"
+                 if label == "carbonmeter" and cc.get(interval) else "")
+        rows.append([label, f"{interval:g} s", "every 15 s" if scraped else "none",
                      f"{value:.3f}", f"{value / 36:.4f}", ratio])
     return table(["tool", "interval", "scrapes", "CPU s/hour", "% of a core",
                   "ratio to CodeCarbon"], rows)
@@ -249,7 +220,7 @@ def startup(host: FixtureHost, runs: int, peer: Path | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--window", type=float, default=300.0, help="CPU window, seconds")
+    ap.add_argument("--window", type=float, default=600.0, help="CPU window, seconds")
     ap.add_argument("--runs", type=int, default=10, help="start-up runs per variant")
     ap.add_argument("--no-peers", action="store_true", help="skip CodeCarbon")
     args = ap.parse_args()

@@ -55,7 +55,7 @@ def main() -> None:
         renderer = Renderer(lambda: sampler.latest)
 
         def render() -> None:
-            sampler.latest = sampler._publish()  # a new snapshot each time: no cache hit
+            sampler.latest = sampler._publish(sampler.latest.intensity)  # new: no cache hit
             renderer.render("", False)
 
         rn, rwall, rcpu = loop(render, args.seconds)
