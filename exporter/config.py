@@ -462,6 +462,7 @@ def parse_yaml(text: str, origin: str) -> Any:
             loader.dispose()
 
 
+@functools.cache
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)

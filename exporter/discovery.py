@@ -9,6 +9,7 @@ so a CPU is never counted by both RAPL and the load model, and the host by two m
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class ProbeReport:
     notes: tuple[str, ...] = field(default_factory=tuple)  # how it measures, one per line
 
 
+@functools.cache  # read once per process: `track()` may discover probes many times
 def _tdp_table() -> dict[str, float]:
     from importlib import resources
 

@@ -86,6 +86,8 @@ class HttpServer:
         dualstack = host == "::" and socket.has_dualstack_ipv6()
         self.socket = socket.create_server((host, port), family=family, backlog=1024,
                                            dualstack_ipv6=dualstack)
+        # Accepted sockets inherit it; asyncio sets it only on sockets it creates itself.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server_address = self.socket.getsockname()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -219,9 +221,10 @@ class HttpServer:
         lines += [f"{k}: {v}" for k, v in {**self.extra_headers, **r.headers}.items()]
         if close:
             lines.append("Connection: close")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        if method != "HEAD":
-            writer.write(r.body)
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # One write: a response sent as two segments waits out Nagle and the client's
+        # delayed ACK (40 ms a keep-alive scrape).
+        writer.write(head if method == "HEAD" else head + r.body)
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
 

@@ -49,6 +49,7 @@ def endpoint(sampler):
         servers.append(server)
         return "127.0.0.1", server.server_address[1]
 
+    start.servers = servers  # type: ignore[attr-defined]
     yield start
     for server in servers:
         server.shutdown()
@@ -308,3 +309,26 @@ def test_web_config_certificate_errors(tmp_path, pki):
         web(tmp_path, f"tls_server_config:\n  cert_file: {pki.server_cert}\n"
                       f"  key_file: {pki.server_key}\n"
                       f"  client_auth_type: RequireAndVerifyClientCert\n")
+
+
+
+def test_keep_alive_answers_are_not_held_back_by_nagle(endpoint):
+    """A keep-alive scraper (Prometheus reuses its connection) must get each answer at once:
+    a response written as two segments on a socket without TCP_NODELAY waits for the
+    client's delayed ACK, 40 ms a scrape on Linux. Accepted sockets inherit TCP_NODELAY from
+    the listening one, and head and body leave in one write."""
+    addr = endpoint()
+    server = next(s for s in endpoint.servers if s.server_address[1] == addr[1])
+    assert server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    with socket.create_connection(addr, timeout=5) as s:
+        for _ in range(3):  # the same connection, as a scraper uses it
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += s.recv(65536)
+            assert body.startswith(b"# HELP") and len(body) == length
