@@ -1,0 +1,83 @@
+"""How fast carbonmeter can sample, and what one sample costs.
+
+In one process, on the 8-device fixture host: `Sampler.sample()` (read every probe, account,
+publish a snapshot) in a tight loop for a few seconds gives the maximum sustained sampling rate
+and the CPU of one sample; rendering the exposition of a fresh snapshot is timed the same way,
+since at most one render happens per sample whatever the number of scrapes.
+
+Usage: python bench/sampling.py [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, FixtureHost, table, write_result
+
+# the in-memory fake NVML, as in the other benchmarks' child processes
+runpy.run_path(str(ROOT / "bench" / "fake_nvml" / "sitecustomize.py"))
+
+
+def loop(fn, seconds: float) -> tuple[int, float, float]:
+    """(iterations, wall seconds, CPU seconds) of calling fn for about `seconds`."""
+    n, w0, c0 = 0, time.perf_counter(), time.process_time()
+    deadline = w0 + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(50):
+            fn()
+        n += 50
+    return n, time.perf_counter() - w0, time.process_time() - c0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    from exporter import carbon, config
+    from exporter.discovery import discover
+    from exporter.sampler import Sampler
+    from exporter.sinks.prometheus import Renderer
+
+    with tempfile.TemporaryDirectory() as tmp, FixtureHost(Path(tmp)) as host:
+        cfg = config.load(host.config(), env={})
+        probes, _ = discover(cfg)
+        devices = sum(len(p.devices) for p in probes)
+        sampler = Sampler(probes, carbon.resolve(cfg.carbon), pue=1.0, interval=1.0)
+        sampler.sample()
+        n, wall, cpu = loop(sampler.sample, args.seconds)
+        renderer = Renderer(lambda: sampler.latest)
+
+        def render() -> None:
+            sampler.latest = sampler._publish(sampler.latest.intensity)  # new: no cache hit
+            renderer.render("", False)
+
+        rn, rwall, rcpu = loop(render, args.seconds)
+        per_probe = []
+        for p in probes:
+            pn, pw, pc = loop(p.read, args.seconds / 2)
+            per_probe.append([f"  {p.name}.read() ({len(p.devices)} devices)",
+                              f"{pw / pn * 1e6:.1f}", f"{pc / pn * 1e6:.1f}", ""])
+        sampler.stop()
+    rows = [
+        [f"sample(): {devices} devices", f"{wall / n * 1e6:.1f}", f"{cpu / n * 1e6:.1f}",
+         f"{n / wall:,.0f}"],
+        *per_probe,
+        ["render one new snapshot (text format)", f"{rwall / rn * 1e6:.1f}",
+         f"{rcpu / rn * 1e6:.1f}", ""],
+    ]
+    at_10hz = (cpu / n) * 10 * 100
+    write_result("sampling", "Sampling rate and cost per sample",
+                 table(["operation", "wall µs", "CPU µs", "max sustained samples/s"], rows),
+                 notes=f"At 10 Hz one sample costs {at_10hz:.3f} % of a core in the loop "
+                       "itself (bench/footprint.py measures the whole process at 0.1 s).")
+
+
+if __name__ == "__main__":
+    main()
