@@ -26,7 +26,6 @@ HOST: Key = ("host",)
 OTHER: Key = ("other",)
 UNATTRIBUTED: Key = ("unattributed",)
 MEMORY_KINDS = frozenset({"dram", "ram"})
-POLICIES = ("requests", "equal", "unattributed")
 
 
 @dataclass(slots=True)

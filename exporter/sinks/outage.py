@@ -23,10 +23,6 @@ class Outage:
         self._since: float | None = None  # monotonic time of the first failure
         self.failures = 0  # failed sends in the current outage
 
-    @property
-    def down(self) -> bool:
-        return self._since is not None
-
     def failed(self, reason: str) -> None:
         with self._lock:
             self.failures += 1
