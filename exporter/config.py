@@ -696,7 +696,8 @@ def _check(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) ->
         elif check == "base_url" and not re.fullmatch(r"https?://[^/\s]+/?", value):
             raise ConfigError(f"{where}: '{value}' must be the BMC's base URL, "
                               "https://HOST[:PORT] (http:// also works)")
-        elif check == "file" and not Path(value).is_file():
+        elif check == "file" and not os.path.isfile(value):  # False, not OSError, for a
+            # name too long for the filesystem or one with a NUL byte
             raise ConfigError(f"{where}: '{value}' is not a readable file")
         elif check == "timezone":
             _check_timezone(value, where)
