@@ -8,7 +8,10 @@ Measured, per interval (median of --repeat intervals after a warm-up one):
   sleeping processes started for the purpose (besides the machine's own; they are stopped at
   the end), and a whole process-level interval there;
 - the same on fixture trees (tests/fixtures/node.py) with 10 % of the processes busy in each
-  interval, at process, container and pod level, for cgroup v2 and v1 layouts.
+  interval, at process, container and pod level, for cgroup v2 and v1 layouts;
+- what the ledger adds to a checkpoint of the state file (turning it into JSON, as the
+  checkpoint thread does under the sampler's lock), with the default top_n of 100 and with
+  every process its own series.
 
 Fixture trees are built in /dev/shm where it exists: the kernel's /proc and cgroupfs are
 in-memory filesystems too. Run from the repository root.
@@ -17,6 +20,7 @@ in-memory filesystems too. Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -84,9 +88,11 @@ def preads(fds: list[int]) -> None:
             pass
 
 
-def attributor(procfs: str, sysfs: str, level: str):
+def attributor(procfs: str, sysfs: str, level: str, top_n: int = 100, min_j: float = 1.0):
     cfg = config.load(env={}, overrides={"paths.procfs": procfs, "paths.sysfs": sysfs,
                                          "attribution.level": level,
+                                         "attribution.top_n": top_n,
+                                         "attribution.min_energy_joules": min_j,
                                          "attribution.idle_watts": {"cpu": 10}})
     a = build(cfg, [], env={})
     a.account([], INTENSITY, 1.0)
@@ -95,6 +101,17 @@ def attributor(procfs: str, sysfs: str, level: str):
 
 def interval(a) -> None:
     a.account([EnergyDelta(CPU, 100.0, 1.0), EnergyDelta(DRAM, 10.0, 1.0)], INTENSITY, 1.0)
+
+
+def checkpoint(a, repeat: int) -> list[tuple[str, int, float]]:
+    """The ledger's part of a checkpoint: copied under the sampler's lock, then JSON."""
+    saved = a.export()
+    size = len(json.dumps(saved, separators=(",", ":")))
+    series = len(saved["workloads"])
+    return [("  checkpoint: copy the ledger (under lock)", series,
+             median_ms(a.export, repeat)),
+            (f"  checkpoint: to JSON, {size / 1000:,.0f} kB", series,
+             median_ms(lambda: json.dumps(saved, separators=(",", ":")), repeat))]
 
 
 def real(counts: list[int], repeat: int) -> list[tuple[str, int, float]]:
@@ -147,6 +164,16 @@ def fixtures(counts: list[int], repeat: int, base: Path) -> list[tuple[str, int,
                 a = attributor(str(node.procfs), str(node.sysfs), "process")
                 out.append(("process level interval, fixture", len(pids),
                             median_ms(lambda a=a: interval(a), repeat, busy)))
+                out += checkpoint(a, repeat)
+                a.close()
+                a = attributor(str(node.procfs), str(node.sysfs), "process", top_n=n,
+                               min_j=0.0)
+                for _ in range(20):  # nearly every process has run once: its own series
+                    busy()
+                    interval(a)
+                out.append((f"process interval, top_n {n}, min 0 J", len(pids),
+                            median_ms(lambda a=a: interval(a), repeat, busy)))
+                out += checkpoint(a, repeat)
                 a.close()
             for level in ("container", "pod"):
                 a = attributor(str(node.procfs), str(node.sysfs), level)
@@ -188,6 +215,7 @@ def main() -> int:
           "python bench/attribution.py")
     print("# load average before: " + " ".join(f"{x:.2f}" for x in load))
     print(f"{'what':<44} {'count':>7} {'ms/interval':>12}")
+    print("# count: processes or cgroups; for a checkpoint, the workloads with series")
     for what, n, ms in rows:
         print(f"{what:<44} {n:>7} {ms:>12.1f}")
     return 0

@@ -36,5 +36,12 @@ class Embodied:
         if self._t is None or t > self._t:
             self._t = t
 
+    def restore(self, grams: dict[str, float]) -> None:
+        """Continue the totals of a checkpoint, for the parts still configured. The time the
+        exporter was down accrues nothing, as it measured nothing (see unmeasured seconds)."""
+        for name, g in grams.items():
+            if name in self.grams:
+                self.grams[name] += g
+
     def totals(self) -> tuple[EmbodiedTotal, ...]:
         return tuple(EmbodiedTotal(name, g) for name, g in self.grams.items())

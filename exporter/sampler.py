@@ -79,15 +79,27 @@ class Sampler:
         with self._lock:
             self.accounting.restore(restored.devices, same_boot=same_boot, now=self.clock(),
                                     wall_now=time.time())
+            if self.attributor is not None and restored.attribution is not None:
+                self.attributor.restore(restored.attribution, same_boot=same_boot)
+            if self.embodied is not None:
+                self.embodied.restore(restored.embodied)
             self.latest = self._publish(self.latest.intensity)
-        log.info("state: restored the totals of %d device(s), checkpointed %.1f s ago%s",
-                 len(restored.devices), max(0.0, time.time() - restored.written_unix),
+        log.info("state: restored the totals of %d device(s)%s, checkpointed %.1f s ago%s",
+                 len(restored.devices), _also(restored, self.attributor is not None,
+                                              self.embodied is not None),
+                 max(0.0, time.time() - restored.written_unix),
                  "" if same_boot else " before a reboot: time since then is unmeasured")
 
-    def export(self) -> list[dict[str, Any]]:
-        """Per-device tracks for a checkpoint, consistent with one sample."""
+    def export(self) -> dict[str, Any]:
+        """A checkpoint: per-device tracks, and the workload ledger and embodied totals where
+        they run, all as of one sample."""
         with self._lock:
-            return self.accounting.export()
+            out: dict[str, Any] = {"devices": self.accounting.export()}
+            if self.attributor is not None:
+                out["attribution"] = self.attributor.export()
+            if self.embodied is not None:
+                out["embodied"] = dict(self.embodied.grams)
+            return out
 
     def sample(self) -> Snapshot:
         """Read every probe once and publish the new totals."""
@@ -209,6 +221,15 @@ class Sampler:
         running = self._thread is not None and self._thread.is_alive()
         return running and time.monotonic() - self.heartbeat < max(3 * self.interval,
                                                                     self.interval + 5)
+
+
+def _also(restored: state.Restored, attribution: bool, embodied: bool) -> str:
+    parts = []
+    if attribution and restored.attribution is not None:
+        parts.append(f"{len(restored.attribution['workloads'])} workload(s)")
+    if embodied and restored.embodied:
+        parts.append("embodied emissions")
+    return "".join(f", {p}" for p in parts)
 
 
 def host_totals(totals: tuple[DeviceTotal, ...], *, metered: bool,

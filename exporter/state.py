@@ -1,5 +1,9 @@
 """The state file: totals checkpointed to disk and restored at start.
 
+It holds each device's track (exporter/accounting.py), and, when they run, the workload
+ledger (exporter/attribution/ledger.py) and the embodied totals, all taken under the
+sampler's lock so that they describe the same sample.
+
 A checkpoint is written whole to a temporary file in the same directory, fsynced,
 renamed over the old one and the directory fsynced, so after a crash or power loss
 the file is the previous checkpoint or the new one, never a mixture. A file that
@@ -18,23 +22,26 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-MAX_BYTES = 16 << 20  # thousands of devices fit in a few hundred kB
+MAX_BYTES = 16 << 20  # 10,000 workload series on five kinds of device take about 5 MB
 
 
 @dataclass(frozen=True)
 class Restored:
-    """What a state file held: who wrote it, when, and each device's track."""
+    """What a state file held: who wrote it, when, each device's track, and the workload
+    ledger and embodied totals where they were kept."""
 
     boot_id: str
     written_unix: float
     devices: list[dict[str, Any]]
+    attribution: dict[str, Any] | None = None
+    embodied: dict[str, float] = field(default_factory=dict)
 
 
 class StateError(ValueError):
@@ -104,7 +111,68 @@ def parse(data: bytes) -> Restored:
         if d["id"] in seen:
             raise StateError(f"device {d['id']!r} appears twice")
         seen.add(d["id"])
-    return Restored(boot, float(written), devices)
+    attribution, embodied = doc.get("attribution"), doc.get("embodied", {})
+    if attribution is not None:
+        _check_attribution(attribution)
+    if not isinstance(embodied, dict):
+        raise StateError("embodied is not an object")
+    for name, grams in embodied.items():
+        if not _number(grams) or grams < 0:
+            raise StateError(f"embodied.{name} is not a number of grams >= 0: {grams!r}")
+    return Restored(boot, float(written), devices, attribution, embodied)
+
+
+def _check_attribution(a: Any) -> None:
+    """The ledger's section: its level and scope, the special rows, and each workload."""
+    from exporter.attribution.view import LEVEL_LABELS
+
+    if not isinstance(a, dict) or a.get("level") not in LEVEL_LABELS \
+            or not isinstance(a.get("scope"), str):
+        raise StateError("attribution has no known level or no scope")
+    width = len(LEVEL_LABELS[a["level"]])
+    kinds, special, workloads = a.get("kinds"), a.get("special"), a.get("workloads")
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        raise StateError("attribution.kinds is not a list of names")
+    if not isinstance(special, dict) or not set(special) <= {"host", "other", "unattributed"}:
+        raise StateError("attribution.special is not an object of host, other, unattributed")
+    for name, series in special.items():
+        _check_series(series, f"attribution.special.{name}")
+    _check_series(a.get("dropped"), "attribution.dropped")
+    if not isinstance(workloads, list):
+        raise StateError("attribution.workloads is not a list")
+    keys: set[tuple] = set()
+    for i, w in enumerate(workloads):
+        where = f"attribution.workloads[{i}]"
+        key, labels, attributes = (w.get(k) for k in ("key", "labels", "attributes")) \
+            if isinstance(w, dict) else (None, None, None)
+        if not isinstance(key, list) or not key or not all(
+                isinstance(x, (str, int)) and not isinstance(x, bool) for x in key):
+            raise StateError(f"{where}.key is not a list of strings and integers")
+        if tuple(key) in keys:
+            raise StateError(f"workload {key!r} appears twice")
+        keys.add(tuple(key))
+        if not isinstance(w.get("workload"), str) or not isinstance(w.get("tracked"), bool) \
+                or not isinstance(w.get("ended"), bool) or not _number(w.get("total")) \
+                or w["total"] < 0:
+            raise StateError(f"{where}: workload, tracked, ended or total missing or invalid")
+        if labels is not None and not (isinstance(labels, list) and len(labels) == width
+                                       and all(isinstance(x, str) for x in labels)):
+            raise StateError(f"{where}.labels are not {width} strings")
+        if not isinstance(attributes, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                for p in attributes):
+            raise StateError(f"{where}.attributes are not [name, value] pairs")
+        _check_series(w.get("series"), f"{where}.series")
+
+
+def _check_series(v: Any, where: str) -> None:
+    """kind -> [joules, grams], both finite and never negative."""
+    if not isinstance(v, dict):
+        raise StateError(f"{where} is not an object")
+    for kind, pair in v.items():
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(_number(x) and x >= 0 for x in pair)):
+            raise StateError(f"{where}.{kind} is not [joules, grams] >= 0: {pair!r}")
 
 
 def _typed(v: Any, types: type | tuple[type, ...], nullable: bool) -> bool:
@@ -179,11 +247,11 @@ class Store:
                         kept)
             return None
 
-    def save(self, boot: str, devices: list[dict[str, Any]]) -> bool:
-        """Write a checkpoint durably; False (logged when the reason changes) on failure,
-        leaving the previous checkpoint in place."""
-        doc = {"version": VERSION, "written_unix": time.time(), "boot_id": boot,
-               "devices": devices}
+    def save(self, boot: str, checkpoint: dict[str, Any]) -> bool:
+        """Write a checkpoint (`Sampler.export()`: devices, and attribution and embodied
+        where they run) durably; False (logged when the reason changes) on failure, leaving
+        the previous checkpoint in place."""
+        doc = {"version": VERSION, "written_unix": time.time(), "boot_id": boot, **checkpoint}
         try:
             data = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
             _write_durably(self.path, data, self._tmp_prefix)
@@ -246,7 +314,7 @@ class Checkpointer:
     """Writes `export()` every `every` seconds on its own thread, so a slow or hung disk
     never delays sampling; `stop()` writes a last checkpoint."""
 
-    def __init__(self, store: Store, boot: str, export: Callable[[], list[dict[str, Any]]],
+    def __init__(self, store: Store, boot: str, export: Callable[[], dict[str, Any]],
                  every: float) -> None:
         self.store = store
         self.boot = boot
@@ -262,10 +330,10 @@ class Checkpointer:
         written = None
         while not self._stop.wait(self.every):
             try:
-                tracks = self.export()
-                if tracks != written:  # no sample since the last checkpoint: nothing to write
-                    self.store.save(self.boot, tracks)
-                    written = tracks
+                checkpoint = self.export()
+                if checkpoint != written:  # no sample since the last one: nothing to write
+                    self.store.save(self.boot, checkpoint)
+                    written = checkpoint
             except Exception:  # a bug must not end checkpointing for good
                 log.exception("state: checkpoint failed")
 

@@ -1,20 +1,25 @@
 """200 runs of `carbonmeter serve` killed with SIGKILL at random points.
 
 Each run is a real exporter subprocess on a fixture host: a powercap tree (one package, a
-32-bit wrapping counter started near the top of its range so the runs cross a wrap) and a
-procfs tree with a boot id and 16 GiB of RAM for the RAM estimate. It samples every 0.1 s and
-checkpoints every 0.1 s. Half the runs are killed 0.1 to 0.6 s after they were started (often
-during start-up or restore), half 0.1 to 1 s after a scraper first saw them measure. Between
-runs the package spends energy while nothing measures it.
+32-bit wrapping counter started near the top of its range so the runs cross a wrap) and the
+procfs tree of tests/fixtures/node.py (a boot id, 16 GiB of RAM for the RAM estimate, and a few
+processes of different sizes, among which attribution per process shares the RAM's energy). It
+samples every 0.1 s and checkpoints every 0.1 s, with an embodied figure for the host. Half the
+runs are killed 0.1 to 0.6 s after they were started (often during start-up or restore), half
+0.1 to 1 s after a scraper first saw them measure. Between runs the package spends energy
+while nothing measures it.
 
-After every kill: the state file is readable (never set aside) and no total went down. What a
-scraper last saw before the kill is at most one checkpoint interval (plus one sample) ahead of
-what was saved: on a shared machine a checkpoint may come late, so a few runs may miss that
-by a little (at most 10 % of the runs that measured long enough to tell, and never by more than
-0.5 s), whereas an exporter that lost everything since it started would miss it in all of them.
-At the end a clean run shows the package total equal to the energy the fixture counted
-(recovered from the counter across every restart) and, for the estimate, measured +
-unmeasured time equal to the time that passed.
+After every kill: the state file is readable (never set aside); no device total, workload
+series or embodied total went down; and the workload rows in the file (with the series no
+longer shown) add up to the devices' energy, kind by kind, so the file always holds one
+consistent sample. What a scraper last saw before the kill is at most one checkpoint interval
+(plus one sample) ahead of what was saved: on a shared machine a checkpoint may come late, so a
+few runs may miss that by a little (at most 10 % of the runs that measured long enough to tell,
+and never by more than 0.5 s), whereas an exporter that lost everything since it started would
+miss it in all of them. At the end a clean run shows the package total equal to the energy the
+fixture counted (recovered from the counter across every restart); for the estimate, measured
++ unmeasured time equal to the time that passed; and embodied emissions accrued over exactly
+the time measured.
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import state
+from exporter.config import Hardware
+from exporter.embodied import grams_per_second
+from tests.fixtures.node import FakeNode
 from tests.fixtures.powercap import PowercapTree
 from tests.helpers import free_port, http_get, wait_for
 
@@ -46,6 +55,7 @@ RAM_W = 16 * 0.375  # the RAM estimate: 0.375 W per GiB
 LOSS_BOUND_S = CHECKPOINT + INTERVAL + 0.1  # one checkpoint, one sample, a little slack
 LONG_RUN_S = 0.4  # measured at least this long: losing it all would break the bound
 STEP_J = 90.0  # spent while the exporter is down, before each run (within 1 kW x downtime)
+EMBODIED = Hardware(kg_co2eq=1200, lifetime_years=4)
 
 
 def metric(text: str, name: str, device: str) -> float | None:
@@ -64,17 +74,23 @@ class Host:
         self.tree.add_zone("intel-rapl:0", name="package-0")
         top = self.tree.max_energy_range_uj("intel-rapl:0") / 1e6
         self.tree.advance("intel-rapl:0", top - RUNS / SEQUENCES * STEP_J / 2)
-        proc = root / "proc"
+        node = FakeNode(root, mem_total=MEM_KB * 1024)
+        for i, size in enumerate((4, 2, 1, 1)):
+            node.spawn("system.slice", f"worker-{i}", rss=size << 30)
+        node.flush()
+        proc = node.procfs
         (proc / "sys" / "kernel" / "random").mkdir(parents=True)
         (proc / "sys" / "kernel" / "random" / "boot_id").write_text(
             "0d6c1f9e-5b1a-4a7e-9f35-4b0c6b7f2a11\n")
-        (proc / "meminfo").write_text(f"MemTotal:       {MEM_KB} kB\nMemFree: 1 kB\n")
         self.state_path = root / "state" / "state.json"
         self.config = root / "carbonmeter.yaml"
         self.config.write_text(
             f"paths: {{sysfs: {root / 'sys'}, procfs: {proc}}}\n"
             f"probes: {{disabled: [nvml, cpu_model]}}\n"
-            f"state: {{path: {self.state_path}, checkpoint_seconds: {CHECKPOINT}}}\n")
+            f"state: {{path: {self.state_path}, checkpoint_seconds: {CHECKPOINT}}}\n"
+            "attribution: {level: process, top_n: 2, min_energy_joules: 0}\n"
+            f"embodied: {{devices: {{host: {{kg_co2eq: {EMBODIED.kg_co2eq}, "
+            f"lifetime_years: {EMBODIED.lifetime_years}}}}}}}\n")
 
     def start(self) -> tuple[subprocess.Popen, str]:
         port = free_port()
@@ -99,11 +115,31 @@ class Host:
         raise AssertionError("no free port")
 
     def saved(self) -> dict[str, dict]:
-        """The state file now, by device; it must always parse."""
+        """The state file now, by device, with "series" (workload series and the special
+        rows, by key and kind) and "embodied"; it must always parse."""
         if not self.state_path.exists():
             return {}
         restored = state.parse(self.state_path.read_bytes())
-        return {d["id"]: d for d in restored.devices}
+        out: dict[str, dict] = {d["id"]: d for d in restored.devices}
+        a = restored.attribution
+        assert a is not None and restored.embodied.keys() == {"host"}
+        out["embodied"] = {"grams": restored.embodied["host"]}
+        series = {(name, kind): j for name, by_kind in a["special"].items()
+                  for kind, (j, _g) in by_kind.items()}
+        series.update({(tuple(w["key"]), kind): j for w in a["workloads"]
+                       for kind, (j, _g) in w["series"].items()})
+        out["series"] = series
+        shown = {(name, "", kind): j for name, by_kind in a["special"].items()
+                 for kind, (j, _g) in by_kind.items()}  # as on /metrics: workload, pid, kind
+        shown.update({("process", str(w["labels"][0]), kind): j for w in a["workloads"]
+                      if w["tracked"] for kind, (j, _g) in w["series"].items()})
+        out["shown"] = shown
+        # one sample's worth: the rows and dropped series add up to the devices, kind by kind
+        for kind in ("cpu", "ram"):
+            devices = sum(d["energy_j"] for d in restored.devices if d["kind"] == kind)
+            rows = sum(j for (_k, k), j in series.items() if k == kind)
+            assert rows + a["dropped"].get(kind, [0.0])[0] == pytest.approx(devices, abs=1e-6)
+        return out
 
 
 def watch(url: str, seen: dict, stop: threading.Event) -> None:
@@ -157,8 +193,12 @@ def sequence(root: Path, seed: int, runs: int) -> str:
         assert not list(host.state_path.parent.glob("*.rejected-*")), f"run {run}"
         for device, old in previous.items():
             new = saved[device]
-            for total in ("energy_j", "emissions_g", "unmeasured_s"):
-                assert new[total] >= old[total], (run, device, total, old, new)
+            if device in ("series", "shown"):  # one may be dropped (then it is in `dropped`)
+                assert all(new[k] >= j for k, j in old.items() if k in new), run
+                continue
+            for total in ("energy_j", "emissions_g", "unmeasured_s", "grams"):
+                if total in old:
+                    assert new[total] >= old[total], (run, device, total, old, new)
         if "ram" in seen:
             lost_s = (seen["ram"] - saved.get("ram", {}).get("energy_j", 0.0)) / RAM_W
             losses.append((killed - seen["first"], lost_s))
@@ -192,6 +232,10 @@ def sequence(root: Path, seed: int, runs: int) -> str:
     accounted = (ram["energy_j"] - ram0["energy_j"]) / RAM_W + ram["unmeasured_s"] \
         - ram0["unmeasured_s"]
     assert accounted == pytest.approx(ram["wall"] - ram0["wall"], abs=0.5)
+    assert [k for k in final["series"] if k[0][0] == "process"]  # workloads had series
+    measured_s = ram["energy_j"] / RAM_W
+    embodied = final["embodied"]["grams"]
+    assert embodied == pytest.approx(grams_per_second(EMBODIED) * measured_s, rel=0.02)
     return json.dumps({"runs": runs, "package_j": round(spent, 3),
                        "long_runs": len(long_runs), "worst_loss_s": round(max(long_runs), 3),
                        "ram_unmeasured_s": round(ram["unmeasured_s"], 2),
@@ -230,8 +274,15 @@ def test_sigterm_writes_a_last_checkpoint_and_a_restart_continues(tmp_path):
         wait_for(lambda: metric(http_get(url)[2].decode(), "carbonmeter_energy_joules_total",
                                 "package-0") == pytest.approx(25, abs=1e-3),
                  what="the energy spent while down, recovered")
-        ram = metric(http_get(url)[2].decode(), "carbonmeter_energy_joules_total", "ram")
+        text = http_get(url)[2].decode()
+        ram = metric(text, "carbonmeter_energy_joules_total", "ram")
         assert ram >= saved["ram"]["energy_j"]
+        workloads = {(s.labels["workload"], s.labels["pid"], s.labels["kind"]): s.value
+                     for f in text_string_to_metric_families(text)
+                     for s in f.samples if s.name == "carbonmeter_workload_energy_joules_total"}
+        shown = saved["shown"]
+        assert shown.keys() <= workloads.keys()  # every series shown is shown again,
+        assert all(workloads[k] >= j for k, j in shown.items())  # from where it was
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

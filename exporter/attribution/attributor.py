@@ -82,7 +82,7 @@ class Attributor:
         self._gpu: Any = None
         self._gpu_failed = False
         self._kinds: dict[str, str] = {}
-        self._present: dict[Key, Identity] = {}
+        self._present: dict[Key, Identity] | None = None  # None until usage is first read
         self._error = ""
         self._started = False
 
@@ -193,6 +193,20 @@ class Attributor:
                                led.rows(len(self.label_names)), idle, led.hidden(),
                                led.interval, self.seconds,
                                self.source.method, led.ack)
+
+    def export(self) -> dict[str, Any]:
+        """The ledger for the state file, with the level and scope it was kept at."""
+        return {"level": self.level, "scope": self.scope, **self.ledger.export()}
+
+    def restore(self, saved: dict[str, Any], *, same_boot: bool) -> None:
+        """Continue the ledger of a checkpoint; its workloads' series only where they were
+        kept at this level and scope (otherwise they count as series no longer shown)."""
+        same = saved["level"] == self.level and saved["scope"] == self.scope
+        if not same:
+            log.info("attribution: the state file's workloads were kept per %s (scope %s), "
+                     "not per %s (scope %s): their series end; host, other and unattributed "
+                     "continue", saved["level"], saved["scope"], self.level, self.scope)
+        self.ledger.restore(saved, workloads=same, same_boot=same_boot)
 
     def close(self) -> None:
         for part in (self.source, self._gpu):

@@ -8,6 +8,10 @@ spent in between stays in `other`, so no counter goes back and nothing is counte
 ended workload's series is kept until a sink has exported it once after its last interval
 (or for an hour when nothing exports), then dropped. `hidden()` says how much energy the
 series not shown hold, so the shown rows plus it always add up to everything accounted.
+
+`export()` and `restore()` carry the ledger through a restart (the state file): series continue
+from their values, and a workload that is not found again is shown once more and then dropped,
+like any ended one.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from exporter.attribution.model import HOST, OTHER, UNATTRIBUTED, Key
 from exporter.attribution.view import Identity, WorkloadRow
 
 KEEP_UNEXPORTED_S = 3600.0
 SPECIAL = {HOST: "host", OTHER: "other", UNATTRIBUTED: "unattributed"}
+RESTORED = "restored"  # prefixes the keys of restored workloads that cannot come back
 
 
 class _Entry:
@@ -62,14 +68,16 @@ class Ledger:
         if interval > self.exported:
             self.exported = interval
 
-    def record(self, present: Mapping[Key, Identity], energy: Mapping[str, Mapping[Key, float]],
+    def record(self, present: Mapping[Key, Identity] | None,
+               energy: Mapping[str, Mapping[Key, float]],
                power: Mapping[str, Mapping[Key, float]], g_per_j: float) -> None:
-        """Close one interval: `present` are the workloads seen now; `energy` and `power` the
-        joules and watts each key (workloads, ended ones included, and the special keys) gets
-        for the interval, per kind of device; `g_per_j` the interval's CO2eq per joule."""
+        """Close one interval: `present` are the workloads seen now (None: not known yet, so
+        none has ended); `energy` and `power` the joules and watts each key (workloads, ended
+        ones included, and the special keys) gets for the interval, per kind of device;
+        `g_per_j` the interval's CO2eq per joule."""
         self.interval = n = self.interval + 1
         entries = self._entries
-        for key, ident in present.items():
+        for key, ident in (present or {}).items():
             e = entries.get(key)
             if e is None:
                 e = entries[key] = _Entry(ident)
@@ -77,15 +85,13 @@ class Ledger:
                 e.identity = ident
             e.seen = n
         for kind, by_key in energy.items():
-            if kind not in self._kind_set:
-                self._kind_set.add(kind)
-                self.kinds.append(kind)
+            self._kind(kind)
             for key, joules in by_key.items():
                 e = entries.get(key)
                 if e is not None:
                     e.total += joules
         now = self.clock()
-        for e in entries.values():
+        for e in entries.values() if present is not None else ():
             if e.seen < n and not e.ended_at:
                 e.ended_at, e.ended_clock = n, now
         self._drop(now)
@@ -110,6 +116,11 @@ class Ledger:
                     e.power_at = n
                     e.power = {}
                 e.power[kind] = e.power.get(kind, 0.0) + watts[key]
+
+    def _kind(self, kind: str) -> None:
+        if kind not in self._kind_set:
+            self._kind_set.add(kind)
+            self.kinds.append(kind)
 
     def _select(self) -> None:
         """Who has a series this interval: ended series stay (not counted in top_n)."""
@@ -144,22 +155,15 @@ class Ledger:
             not e.tracked or self.exported >= e.ended_at
             or now - e.ended_clock > KEEP_UNEXPORTED_S)]
         for k in gone:
-            e = self._entries.pop(k)
-            for kind, (joules, grams) in (e.series or {}).items():
-                acc = self._dropped.setdefault(kind, [0.0, 0.0])
-                acc[0] += joules
-                acc[1] += grams
+            _add(self._dropped, self._entries.pop(k).series or {})
 
     def hidden(self) -> dict[str, tuple[float, float]]:
         """kind -> (J, g) in series not shown now: dropped ones, and those of live workloads
         out of the top N for now (shown again, from the same value, if they come back)."""
-        out = {k: [j, g] for k, (j, g) in self._dropped.items()}
+        out = _pairs(self._dropped)
         for e in self._entries.values():
             if not e.tracked and e.series:
-                for kind, (joules, grams) in e.series.items():
-                    acc = out.setdefault(kind, [0.0, 0.0])
-                    acc[0] += joules
-                    acc[1] += grams
+                _add(out, e.series)
         return {k: (j, g) for k, (j, g) in out.items()}
 
     def rows(self, width: int) -> tuple[WorkloadRow, ...]:
@@ -170,7 +174,7 @@ class Ledger:
                 continue
             ident = e.identity
             power = e.power if e.power_at == self.interval and e.power else {}
-            alive = not e.ended_at
+            alive = not e.ended_at and e.power_at > 0  # restored, not measured yet: unknown
             for kind, (joules, grams) in e.series.items():
                 out.append(WorkloadRow(ident.workload, ident.labels or ("",) * width, kind,
                                        joules, grams,
@@ -185,3 +189,65 @@ class Ledger:
                 out.append(WorkloadRow(e.identity.workload, blank, kind, joules, grams,
                                        power.get(kind, 0.0)))
         return tuple(out)
+
+    # -- through a restart ----------------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """The series as data for the state file (validated by exporter/state.py). Taken
+        under the sampler's lock, so it copies only what changes (tuples are JSON lists)."""
+        return {
+            "kinds": list(self.kinds),
+            "special": {SPECIAL[k]: _pairs(e.series) for k, e in self._special.items()},
+            "dropped": _pairs(self._dropped),
+            "workloads": [{
+                "key": key, "workload": e.identity.workload, "labels": e.identity.labels,
+                "attributes": e.identity.attributes, "total": e.total, "tracked": e.tracked,
+                "ended": bool(e.ended_at), "series": {k: (j, g) for k, (j, g) in e.series.items()},
+            } for key, e in self._entries.items() if e.series],
+        }
+
+    def restore(self, saved: Mapping[str, Any], *, workloads: bool = True,
+                same_boot: bool = True) -> None:
+        """Continue from `export()` output; call before the first interval.
+
+        Every series continues from its value. A workload found again (same key) goes on in
+        its series; one that is not is shown once more, then dropped. Process keys (PID and
+        start time) mean nothing after a reboot, and an ended workload's key may be reused (a
+        container restarted under its name): those are kept under keys no workload has. With
+        `workloads=False` (the level or scope changed) their series are counted as dropped.
+        """
+        for kind in saved["kinds"]:
+            self._kind(kind)
+        by_name = {name: key for key, name in SPECIAL.items()}
+        for name, series in saved["special"].items():
+            e = self._special.get(by_name[name])
+            _add(self._dropped if e is None else e.series, series)  # type: ignore[arg-type]
+            for kind in series:
+                self._kind(kind)
+        _add(self._dropped, saved["dropped"])
+        for w in saved["workloads"]:
+            key = tuple(w["key"])
+            if not workloads:
+                _add(self._dropped, w["series"])
+                continue
+            labels = w["labels"]
+            e = _Entry(Identity(w["workload"], None if labels is None else tuple(labels),
+                                tuple((a, b) for a, b in w["attributes"])))
+            e.total, e.tracked = w["total"], w["tracked"]
+            if w["ended"] or (not same_boot and key[0] == "process"):
+                key = (RESTORED, *key)
+                # found gone in the first interval: kept until a sink exports it after that
+                e.ended_at, e.ended_clock = 1, self.clock()
+            e.series = _pairs(w["series"])
+            self._entries[key] = e
+
+
+def _pairs(series: Mapping[str, list[float]] | None) -> dict[str, list[float]]:
+    return {kind: [j, g] for kind, (j, g) in (series or {}).items()}
+
+
+def _add(into: dict[str, list[float]], series: Mapping[str, list[float]]) -> None:
+    for kind, (joules, grams) in series.items():
+        acc = into.setdefault(kind, [0.0, 0.0])
+        acc[0] += joules
+        acc[1] += grams

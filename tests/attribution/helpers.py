@@ -21,13 +21,15 @@ INTENSITY = Intensity(100.0, "test", "config", "test")
 
 
 def attributor(node: FakeNode, level: str, *, env: Mapping[str, str] | None = None,
-               nvml: Any = None, **settings: Any) -> Attributor:
+               nvml: Any = None, baseline: bool = True, **settings: Any) -> Attributor:
+    """An attributor as `serve` builds it; with `baseline`, after its first read of usage."""
     overrides = {"paths.procfs": str(node.procfs), "paths.sysfs": str(node.sysfs),
                  "attribution.level": level}
     overrides.update({f"attribution.{k}": v for k, v in settings.items()})
     a = build(config.load(env={}, overrides=overrides), [], env=env or {}, nvml=nvml)
     assert a is not None
-    a.account([], INTENSITY, 1.0)  # the baseline read
+    if baseline:
+        a.account([], INTENSITY, 1.0)
     return a
 
 

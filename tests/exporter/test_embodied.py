@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from exporter import config
+from exporter import config, state
 from exporter.carbon import Intensity, Static
 from exporter.config import ConfigError, Hardware
 from exporter.embodied import Embodied, grams_per_second
@@ -34,6 +34,32 @@ def test_accrues_by_elapsed_monotonic_time_only():
     assert (host.device, gpu.device) == ("host", "gpu-0")
     assert host.grams == pytest.approx(100 * 1_200_000 / 126_230_400)  # 0.950642 g
     assert gpu.grams == pytest.approx(100 * 150_000 / (5 * 31_557_600))  # 0.095064 g
+
+
+def test_totals_continue_through_a_restart_and_downtime_accrues_nothing(tmp_path):
+    """Through a real state file: what a part had accrued continues; a part no longer in the
+    configuration is not brought back; the time the exporter was down is not counted (it
+    measured nothing then, as carbonmeter_unmeasured_seconds_total says for the devices)."""
+    intensity = Static(Intensity(56.0, "FR", "bundled", "t"))
+    parts = {"host": Hardware(1200, 4), "gpu-0": Hardware(150, 5)}
+    old = Sampler([], intensity, pue=1.0, interval=3600, embodied=Embodied(parts))
+    old.sample()
+    time.sleep(0.05)
+    old.sample()
+    saved = {t.device: t.grams for t in old.latest.embodied}
+    store = state.Store(tmp_path / "state.json")
+    assert store.save("boot", old.export())
+    time.sleep(0.3)  # down
+    new = Sampler([], intensity, pue=1.0, interval=3600,
+                  embodied=Embodied({"host": Hardware(1200, 4)}))
+    new.restore(store.load(), "boot")
+    assert {t.device: t.grams for t in new.latest.embodied} == {"host": saved["host"]}
+    new.sample()
+    time.sleep(0.05)
+    new.sample()
+    (host,) = new.latest.embodied
+    rate = grams_per_second(parts["host"])
+    assert rate * 0.05 < host.grams - saved["host"] < rate * 0.25  # not the 0.3 s down
 
 
 def test_configured_devices_and_errors(tmp_path):

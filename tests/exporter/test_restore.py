@@ -140,10 +140,10 @@ def test_after_a_reboot_counters_are_not_trusted_and_the_gap_is_wall_clock(tmp_p
     clock = Clock()
     s = sampler(tree, clock, ram=True, joules=40)
     store = state.Store(tmp_path / "state.json")
-    devices = s.export()
-    for d in devices:  # the checkpoint was taken an hour ago, by wall clock
+    checkpoint = s.export()
+    for d in checkpoint["devices"]:  # the checkpoint was taken an hour ago, by wall clock
         d["wall"] -= 3600
-    store.save(BOOT, devices)
+    store.save(BOOT, checkpoint)
     s.stop()
     tree.advance("intel-rapl:0", 100)
     clock.t = 12.0  # a new boot: the boot-time clock starts again
