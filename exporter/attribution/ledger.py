@@ -235,7 +235,7 @@ class Ledger:
                                 tuple((a, b) for a, b in w["attributes"])))
             e.total, e.tracked = w["total"], w["tracked"]
             if w["ended"] or (not same_boot and key[0] == "process"):
-                key = (RESTORED, *key)
+                key = key if key[0] == RESTORED else (RESTORED, *key)
                 # found gone in the first interval: kept until a sink exports it after that
                 e.ended_at, e.ended_clock = 1, self.clock()
             e.series = _pairs(w["series"])

@@ -10,6 +10,7 @@ and cgroup trees (tests/fixtures/node.py); the energy is a wrapping RAPL-like co
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -212,3 +213,24 @@ def test_a_changed_level_ends_the_workload_series_and_keeps_the_rest(tmp_path):
         n.step()
     assert [r for r in n.s.latest.attribution.rows if r.workload == "container" and r.energy_j]
     assert worst_imbalance(n.s) < 1e-9
+
+
+def test_an_ended_series_restored_again_and_again_keeps_its_value_and_one_key():
+    """A crash loop with nothing scraping: the ended series is never exported, so each start
+    restores it again; it must neither grow its key nor lose or double its value."""
+    from exporter.attribution.ledger import Ledger
+    from exporter.attribution.view import Identity
+
+    key = ("pod", "0b7a")
+    led = Ledger(top_n=5, min_energy_j=0)
+    led.record({key: Identity("pod", ("", "0b7a"))}, {"cpu": {key: 5.0}}, {"cpu": {key: 5.0}},
+               0.1)
+    led.record({}, {"cpu": {}}, {"cpu": {}}, 0.1)  # gone: ended, not exported yet
+    saved = json.loads(json.dumps(led.export()))
+    for _ in range(3):
+        led = Ledger(top_n=5, min_energy_j=0)
+        led.restore(saved)
+        led.record(None, {"cpu": {}}, {"cpu": {}}, 0.1)  # killed after one interval
+        saved = json.loads(json.dumps(led.export()))
+    assert [(w["key"], w["series"]) for w in saved["workloads"]] == [
+        (["restored", "pod", "0b7a"], {"cpu": [5.0, 0.5]})]
