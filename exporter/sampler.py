@@ -84,9 +84,12 @@ class Sampler:
             if self.embodied is not None:
                 self.embodied.restore(restored.embodied)
             self.latest = self._publish(self.latest.intensity)
-        log.info("state: restored the totals of %d device(s)%s, checkpointed %.1f s ago%s",
-                 len(restored.devices), _also(restored, self.attributor is not None,
-                                              self.embodied is not None),
+        what = f"{len(restored.devices)} device(s)"
+        if self.attributor is not None and restored.attribution is not None:
+            what += f", {len(restored.attribution['workloads'])} workload(s)"
+        if self.embodied is not None and restored.embodied:
+            what += ", embodied emissions"
+        log.info("state: restored the totals of %s, checkpointed %.1f s ago%s", what,
                  max(0.0, time.time() - restored.written_unix),
                  "" if same_boot else " before a reboot: time since then is unmeasured")
 
@@ -221,15 +224,6 @@ class Sampler:
         running = self._thread is not None and self._thread.is_alive()
         return running and time.monotonic() - self.heartbeat < max(3 * self.interval,
                                                                     self.interval + 5)
-
-
-def _also(restored: state.Restored, attribution: bool, embodied: bool) -> str:
-    parts = []
-    if attribution and restored.attribution is not None:
-        parts.append(f"{len(restored.attribution['workloads'])} workload(s)")
-    if embodied and restored.embodied:
-        parts.append("embodied emissions")
-    return "".join(f", {p}" for p in parts)
 
 
 def host_totals(totals: tuple[DeviceTotal, ...], *, metered: bool,

@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -287,6 +288,7 @@ def test_sigterm_writes_a_last_checkpoint_and_a_restart_continues(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     log = (host.root / "serve.log").read_text()
-    assert "state: restored the totals of 2 device(s)" in log
+    assert re.search(r"state: restored the totals of 2 device\(s\), [1-9]\d* workload\(s\), "
+                     r"embodied emissions, checkpointed", log), log[-3000:]
     assert "package-0: 25.000 J recovered from the counter over a gap of" in log
     assert "ram: unmeasured over a gap of" in log
