@@ -54,8 +54,7 @@ class Ledger:
         self.interval = 0
         self.exported = 0  # the last interval a sink exported
         self._dropped: dict[str, list[float]] = {}  # kind -> [J, g] of series dropped
-        self.kinds: list[str] = []
-        self._kind_set: set[str] = set()
+        self.kinds: dict[str, None] = {}  # device kinds seen, in first-seen order
         self._entries: dict[Key, _Entry] = {}
         # host is left out where everything but the watched workloads is `other` (scope self)
         self._special = {k: _Entry(Identity(name, None)) for k, name in SPECIAL.items()
@@ -85,7 +84,7 @@ class Ledger:
                 e.identity = ident
             e.seen = n
         for kind, by_key in energy.items():
-            self._kind(kind)
+            self.kinds.setdefault(kind)
             for key, joules in by_key.items():
                 e = entries.get(key)
                 if e is not None:
@@ -116,11 +115,6 @@ class Ledger:
                     e.power_at = n
                     e.power = {}
                 e.power[kind] = e.power.get(kind, 0.0) + watts[key]
-
-    def _kind(self, kind: str) -> None:
-        if kind not in self._kind_set:
-            self._kind_set.add(kind)
-            self.kinds.append(kind)
 
     def _select(self) -> None:
         """Who has a series this interval: ended series stay (not counted in top_n)."""
@@ -216,14 +210,12 @@ class Ledger:
         container restarted under its name): those are kept under keys no workload has. With
         `workloads=False` (the level or scope changed) their series are counted as dropped.
         """
-        for kind in saved["kinds"]:
-            self._kind(kind)
+        self.kinds.update(dict.fromkeys(saved["kinds"]))
         by_name = {name: key for key, name in SPECIAL.items()}
         for name, series in saved["special"].items():
             e = self._special.get(by_name[name])
             _add(self._dropped if e is None else e.series, series)  # type: ignore[arg-type]
-            for kind in series:
-                self._kind(kind)
+            self.kinds.update(dict.fromkeys(series))
         _add(self._dropped, saved["dropped"])
         for w in saved["workloads"]:
             key = tuple(w["key"])
