@@ -33,12 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter import config
-from exporter.accounting import EnergyDelta
-from exporter.attribution import build
-from exporter.attribution.procfs import ProcTable, fd_budget
-from exporter.carbon import Intensity
-from probes.base import Device
+from carbonmeter import config
+from carbonmeter.accounting import EnergyDelta
+from carbonmeter.attribution import build
+from carbonmeter.attribution.procfs import ProcTable, fd_budget
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.probes.base import Device
 from tests.fixtures.node import standard_node
 
 CPU = Device("package-0", "cpu", "rapl")

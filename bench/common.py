@@ -109,7 +109,7 @@ class FixtureHost:
 
 def carbonmeter() -> list[str]:
     exe = shutil.which("carbonmeter", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "exporter"]
+    return [exe] if exe else [sys.executable, "-m", "carbonmeter"]
 
 
 @contextlib.contextmanager

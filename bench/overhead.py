@@ -4,7 +4,7 @@
   subprocess from here (fork/exec included in both). Two setups: the fixture host's RAPL
   counters alone (counters are read at start and end, nothing samples meanwhile), and the
   built-in defaults on this machine (no sensor, so the CPU and RAM estimates sample).
-- the Python API: `from exporter import track` in a fresh interpreter, and one
+- the Python API: `from carbonmeter import track` in a fresh interpreter, and one
   `with track(): pass` in a warm one (start and stop of a measurement), beside CodeCarbon 3.3's
   OfflineEmissionsTracker start()/stop() in its own environment.
 
@@ -30,7 +30,7 @@ TRACK_LOOP = """
 import sys, time, warnings
 warnings.simplefilter("ignore")
 t0 = time.perf_counter()
-from exporter import track
+from carbonmeter import track
 imported = time.perf_counter() - t0
 with track(config={config!r}):  # warm-up: first use loads the configuration and tables
     pass

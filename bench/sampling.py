@@ -40,16 +40,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
-    from exporter import carbon, config
-    from exporter.discovery import discover
-    from exporter.sampler import Sampler
-    from exporter.sinks.prometheus import Renderer
+    from carbonmeter import config
+    from carbonmeter.carbon.resolve import resolve
+    from carbonmeter.discovery import discover
+    from carbonmeter.sampler import Sampler
+    from carbonmeter.sinks.prometheus import Renderer
 
     with tempfile.TemporaryDirectory() as tmp, FixtureHost(Path(tmp)) as host:
         cfg = config.load(host.config(), env={})
         probes, _ = discover(cfg)
         devices = sum(len(p.devices) for p in probes)
-        sampler = Sampler(probes, carbon.resolve(cfg.carbon), pue=1.0, interval=1.0)
+        sampler = Sampler(probes, resolve(cfg.carbon), pue=1.0, interval=1.0)
         sampler.sample()
         n, wall, cpu = loop(sampler.sample, args.seconds)
         renderer = Renderer(lambda: sampler.latest)

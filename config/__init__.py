@@ -1,1 +1,1 @@
-"""Bundled data, installed as the package `exporter.bundled` (see pyproject.toml)."""
+"""Bundled data, installed as the package `carbonmeter.bundled` (see pyproject.toml)."""

@@ -1,7 +1,7 @@
 """carbonmeter: the exporter process, its sinks, and the API for measuring code.
 
-`from exporter import track, track_emissions, EmissionsTracker` loads the API on first use,
-so `import exporter` itself stays cheap (nothing is imported until a name is asked for).
+`from carbonmeter import track, track_emissions, EmissionsTracker` loads the API on first use,
+so `import carbonmeter` itself stays cheap (nothing is imported until a name is asked for).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name in _API:
-        from exporter import api
+        from carbonmeter.measure import api
 
         value = getattr(api, name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'exporter' has no attribute {name!r}")
+    raise AttributeError(f"module 'carbonmeter' has no attribute {name!r}")

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.carbon import Intensity, grams
-from exporter.snapshot import DeviceTotal
-from probes.base import Device, Reading
+from carbonmeter.carbon.intensity import Intensity, grams
+from carbonmeter.probes.base import Device, Reading
+from carbonmeter.snapshot import DeviceTotal
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from exporter.config import Config, ConfigError
+from carbonmeter.config import Config, ConfigError
 
 if TYPE_CHECKING:
-    from exporter.carbon import IntensitySource
-    from exporter.snapshot import Snapshot
-    from exporter.webconfig import WebConfig
+    from carbonmeter.carbon.intensity import IntensitySource
+    from carbonmeter.server.webconfig import WebConfig
+    from carbonmeter.snapshot import Snapshot
 
 log = logging.getLogger("carbonmeter")
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -27,16 +27,16 @@ def _setup_logging(level: str) -> None:
 
 
 def _load(args: argparse.Namespace, **cli: object) -> Config:
-    from exporter import config
+    from carbonmeter import config
 
     return config.load(args.config, overrides={k: v for k, v in cli.items() if v is not None})
 
 
 def _intensity(cfg: Config) -> IntensitySource:
-    from exporter import carbon
+    from carbonmeter.carbon.resolve import resolve
 
     try:
-        return carbon.resolve(cfg.carbon)  # an unknown region is a configuration error too
+        return resolve(cfg.carbon)  # an unknown region is a configuration error too
     except ConfigError as e:
         raise cfg.error(e) from None
 
@@ -44,7 +44,7 @@ def _intensity(cfg: Config) -> IntensitySource:
 def _web_config(cfg: Config) -> WebConfig | None:
     if cfg.server.web_config_file is None:
         return None
-    from exporter import webconfig
+    from carbonmeter.server import webconfig
 
     try:
         return webconfig.load(cfg.server.web_config_file)
@@ -55,12 +55,12 @@ def _web_config(cfg: Config) -> WebConfig | None:
 def serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from exporter import state
-    from exporter.config import parse_listen
-    from exporter.discovery import discover
-    from exporter.sampler import Sampler
-    from exporter.sinks.emissions_log import IntervalWriter, RowContext, new_run_id, open_log
-    from exporter.sinks.prometheus import Renderer, make_server
+    from carbonmeter import state
+    from carbonmeter.config import parse_listen
+    from carbonmeter.discovery import discover
+    from carbonmeter.sampler import Sampler
+    from carbonmeter.sinks.emissions_log import IntervalWriter, RowContext, new_run_id, open_log
+    from carbonmeter.sinks.prometheus import Renderer, make_server
 
     # SIGTERM and SIGINT are taken by sigwait() below, never by a handler: a handler that
     # wakes the main thread can deadlock when it interrupts that thread inside the very
@@ -73,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
     intensity = _intensity(cfg)
     pollers = []
     if cfg.carbon.providers:  # urllib and ssl load only when a provider is configured
-        from exporter import providers
+        from carbonmeter.carbon import providers
 
         pollers = providers.build(cfg.carbon.providers, cfg.source)
     host, port = parse_listen(cfg.server.listen)
@@ -95,7 +95,7 @@ def serve(args: argparse.Namespace) -> int:
                  now.source)
     live = None
     if pollers:
-        from exporter.providers.live import LiveSource
+        from carbonmeter.carbon.providers.live import LiveSource
 
         live = LiveSource(pollers, intensity)
         log.info("live intensity from %s; until one answers, and whenever all are older "
@@ -103,12 +103,12 @@ def serve(args: argparse.Namespace) -> int:
                  ", ".join(p.name for p in pollers))
     embodied = None
     if cfg.embodied.devices:
-        from exporter.embodied import Embodied
+        from carbonmeter.embodied import Embodied
 
         embodied = Embodied(cfg.embodied.devices)
     attributor = None
     if cfg.attribution.level != "none":
-        from exporter import attribution
+        from carbonmeter import attribution
 
         try:
             attributor = attribution.build(cfg, probes)
@@ -177,20 +177,20 @@ def _start_sinks(cfg: Config, latest: Callable[[], Snapshot]) -> list[Any]:
     sinks: list[Any] = []
     if cfg.otlp.enabled:
         try:
-            from exporter.sinks import otlp
+            from carbonmeter.sinks import otlp
 
             sinks.append(otlp.start(cfg.otlp, latest))
         except Exception as e:
             log.error("OTLP export not started: %s: %s", type(e).__name__, e)
     if cfg.pushgateway.url is not None:
-        from exporter.sinks import pushgateway
+        from carbonmeter.sinks import pushgateway
 
         sinks.append(pushgateway.start(cfg.pushgateway, latest, cfg.sampler.interval_seconds))
     return sinks
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter.run import run as run_command
+    from carbonmeter.measure.run import run as run_command
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -209,14 +209,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from exporter.report import main as report_main
+    from carbonmeter.report import main as report_main
 
     _setup_logging("warning")
     return report_main(args.file, html=args.html)
 
 
 def probes(args: argparse.Namespace) -> int:
-    from exporter.discovery import discover
+    from carbonmeter.discovery import discover
 
     cfg = _load(args)
     _setup_logging("error")
@@ -244,7 +244,7 @@ def probes(args: argparse.Namespace) -> int:
 
 
 def regions(args: argparse.Namespace) -> int:
-    from exporter import carbon
+    from carbonmeter.carbon import regions as carbon
 
     rows = carbon.regions()
     if args.provider:
@@ -271,12 +271,12 @@ def regions(args: argparse.Namespace) -> int:
 
 
 def config_check(args: argparse.Namespace) -> int:
-    from exporter import config
+    from carbonmeter import config
 
     cfg = config.load(args.file)
     _intensity(cfg)  # an unknown region is a configuration error too
     if cfg.carbon.providers:  # so are a missing secret and a bad json_path
-        from exporter import providers
+        from carbonmeter.carbon import providers
 
         providers.build(cfg.carbon.providers, cfg.source)
     _web_config(cfg)
@@ -289,7 +289,7 @@ class _Version(argparse.Action):
     """--version, looked up only when asked (reading package metadata costs 30 ms)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from exporter import __version__
+        from carbonmeter import __version__
 
         print(f"carbonmeter {__version__}")  # on stdout, as argparse's own version action
         parser.exit()

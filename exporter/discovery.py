@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.config import PROBE_NAMES, Config
-from probes.base import BESIDE, HOST, Device, Paths, Probe, ProbeUnavailable
+from carbonmeter.config import PROBE_NAMES, Config
+from carbonmeter.probes.base import BESIDE, HOST, Device, Paths, Probe, ProbeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,47 +33,47 @@ class ProbeReport:
 def _tdp_table() -> dict[str, float]:
     from importlib import resources
 
-    from probes.cpu_names import parse_tdp_table
+    from carbonmeter.probes.cpu_names import parse_tdp_table
 
     return parse_tdp_table(
-        resources.files("exporter.bundled").joinpath("cpu_tdp.csv").read_text("utf-8"))
+        resources.files("carbonmeter.bundled").joinpath("cpu_tdp.csv").read_text("utf-8"))
 
 
 def _make(name: str, cfg: Config, paths: Paths, measured: dict[str, str]) -> Probe:
     interval = cfg.sampler.interval_seconds
     if name == "rapl":
-        from probes.rapl import RaplProbe
+        from carbonmeter.probes.rapl import RaplProbe
 
         return RaplProbe(paths, psys=cfg.rapl.psys)
     if name == "amd_energy":
-        from probes.amd_energy import AmdEnergyProbe
+        from carbonmeter.probes.amd_energy import AmdEnergyProbe
 
         return AmdEnergyProbe(paths)
     if name == "hwmon":
-        from probes.hwmon import HwmonProbe
+        from carbonmeter.probes.hwmon import HwmonProbe
 
         h = cfg.hwmon
         return HwmonProbe(paths, interval=interval, include=h.include, exclude=h.exclude,
                           kinds=h.kinds, measured=measured)
     if name == "powermetrics":
-        from probes.powermetrics import PowermetricsProbe
+        from carbonmeter.probes.powermetrics import PowermetricsProbe
 
         pm = cfg.powermetrics
         return PowermetricsProbe(command=pm.command,
                                  interval_ms=pm.interval_ms or interval * 1000)
     if name == "powergadget":
-        from probes.powergadget import PowerGadgetProbe
+        from carbonmeter.probes.powergadget import PowerGadgetProbe
 
         pg = cfg.powergadget
         return PowerGadgetProbe(command=pg.command, log_file=pg.log,
                                 resolution_ms=pg.resolution_ms, interval=interval)
     if name == "ipmi":
-        from probes.ipmi import IpmiProbe
+        from carbonmeter.probes.ipmi import IpmiProbe
 
         return IpmiProbe(command=cfg.ipmi.command, args=cfg.ipmi.args,
                          timeout=cfg.ipmi.timeout_seconds)
     if name == "redfish":
-        from probes.redfish import RedfishProbe, load_password
+        from carbonmeter.probes.redfish import RedfishProbe, load_password
 
         r = cfg.redfish
         if not r.url:
@@ -83,20 +83,20 @@ def _make(name: str, cfg: Config, paths: Paths, measured: dict[str, str]) -> Pro
                             auth=r.auth, verify_tls=r.verify_tls, ca_file=r.ca_file,
                             timeout=r.timeout_seconds, chassis=r.chassis)
     if name == "declared":
-        from probes.declared import DeclaredProbe
+        from carbonmeter.probes.declared import DeclaredProbe
 
         return DeclaredProbe(cfg.declared)
     if name == "nvml":
-        from probes.nvml import NvmlProbe
+        from carbonmeter.probes.nvml import NvmlProbe
 
         return NvmlProbe(devices=cfg.gpu.devices or None)
     if name == "cpu_model":
-        from probes.cpu_model import CpuModelProbe
+        from carbonmeter.probes.cpu_model import CpuModelProbe
 
         return CpuModelProbe(paths, tdp_watts=cfg.cpu.tdp_watts,
                              tdp_table=None if cfg.cpu.tdp_watts else _tdp_table())
     if name == "ram_model":
-        from probes.ram_model import RamModelProbe
+        from carbonmeter.probes.ram_model import RamModelProbe
 
         return RamModelProbe(paths, watts_per_gb=cfg.ram.watts_per_gb)
     raise ValueError(name)

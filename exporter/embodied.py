@@ -9,8 +9,8 @@ kgCO2eq x 1000 / lifetime grams per second of the exporter's runtime, on the mon
 
 from __future__ import annotations
 
-from exporter.config import Hardware
-from exporter.snapshot import EmbodiedTotal
+from carbonmeter.config import Hardware
+from carbonmeter.snapshot import EmbodiedTotal
 
 SECONDS_PER_YEAR = 365.25 * 86_400  # Julian year, as lifetimes are quoted in years
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from probes.base import Probe
+from carbonmeter.probes.base import Probe
 
 log = logging.getLogger(__name__)
 

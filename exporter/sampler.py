@@ -16,16 +16,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from exporter import state
-from exporter.accounting import Accounting, EnergyDelta
-from exporter.carbon import Intensity, IntensitySource
-from exporter.embodied import Embodied
-from exporter.guard import GuardedProbe
-from exporter.snapshot import DeviceTotal, ProbeStatus, ProviderStatus, Snapshot
-from probes.base import BESIDE, HOST, Probe, ProbeRead
+from carbonmeter import state
+from carbonmeter.accounting import Accounting, EnergyDelta
+from carbonmeter.carbon.intensity import Intensity, IntensitySource
+from carbonmeter.embodied import Embodied
+from carbonmeter.guard import GuardedProbe
+from carbonmeter.probes.base import BESIDE, HOST, Probe, ProbeRead
+from carbonmeter.snapshot import DeviceTotal, ProbeStatus, ProviderStatus, Snapshot
 
 if TYPE_CHECKING:
-    from exporter.attribution import Attributor
+    from carbonmeter.attribution import Attributor
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exporter.carbon import Intensity
-from probes.base import Device
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.probes.base import Device
 
 if TYPE_CHECKING:
-    from exporter.attribution.view import AttributionView
+    from carbonmeter.attribution.view import AttributionView
 
 
 @dataclass(frozen=True, slots=True)

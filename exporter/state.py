@@ -124,7 +124,7 @@ def parse(data: bytes) -> Restored:
 
 def _check_attribution(a: Any) -> None:
     """The ledger's section: its level and scope, the special rows, and each workload."""
-    from exporter.attribution.view import LEVEL_LABELS
+    from carbonmeter.attribution.view import LEVEL_LABELS
 
     if not isinstance(a, dict) or a.get("level") not in LEVEL_LABELS \
             or not isinstance(a.get("scope"), str):

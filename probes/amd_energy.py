@@ -21,9 +21,9 @@ import os
 import re
 from pathlib import Path
 
-from probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
-from probes.cpu_model import read_cpuinfo
-from probes.hwmon import Sensor, read_value, scan
+from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.cpu_model import read_cpuinfo
+from carbonmeter.probes.hwmon import Sensor, read_value, scan
 
 CHIP = "amd_energy"
 _SOCKET = re.compile(r"Esocket(\d+)")

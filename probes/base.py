@@ -52,7 +52,7 @@ class Device:
     identity: str = ""
     # Wrapping counters: an upper bound of the device's power in W, so that a gap
     # shorter than wrap_uj / max_power_w provably holds at most one wrap. None: the
-    # exporter assumes a conservative bound (exporter.accounting.DEFAULT_MAX_POWER_W).
+    # exporter assumes a conservative bound (carbonmeter.accounting.DEFAULT_MAX_POWER_W).
     max_power_w: float | None = None
 
 

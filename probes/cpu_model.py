@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class CpuModelProbe:
         if tdp_watts is not None:
             self.tdp_watts, self.tdp_note = tdp_watts, "cpu.tdp_watts"
         else:
-            from probes.cpu_names import lookup_tdp
+            from carbonmeter.probes.cpu_names import lookup_tdp
 
             found = lookup_tdp(model, tdp_table) if model and tdp_table else None
             if found:

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from probes.base import BESIDE, Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import BESIDE, Device, ProbeRead, ProbeUnavailable, Reading
 
 
 class Declaration(Protocol):
-    """One entry of `declared:` (exporter.config.DeclaredDevice has these fields)."""
+    """One entry of `declared:` (carbonmeter.config.DeclaredDevice has these fields)."""
 
     id: str
     kind: str

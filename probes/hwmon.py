@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.base import HOST, Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import HOST, Device, Paths, ProbeRead, ProbeUnavailable, Reading
 
 log = logging.getLogger(__name__)
 

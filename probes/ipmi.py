@@ -24,7 +24,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from probes.base import HOST, Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import HOST, Device, ProbeRead, ProbeUnavailable, Reading
 
 _READING = re.compile(r"^\s*Instantaneous power reading:\s*(\d+)\s+Watts", re.M)
 _STATE = re.compile(r"^\s*Power reading state is:\s*(\w+)", re.M)

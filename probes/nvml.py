@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from probes.base import Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import Device, ProbeRead, ProbeUnavailable, Reading
 
 log = logging.getLogger(__name__)
 

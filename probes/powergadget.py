@@ -29,7 +29,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from probes.base import Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import Device, ProbeRead, ProbeUnavailable, Reading
 
 log = logging.getLogger(__name__)
 

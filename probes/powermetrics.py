@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from probes.base import Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import Device, ProbeRead, ProbeUnavailable, Reading
 
 log = logging.getLogger(__name__)
 

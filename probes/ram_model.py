@@ -7,7 +7,7 @@ and Green Algorithms use, from DDR4 module datasheets).
 
 from __future__ import annotations
 
-from probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
 
 
 def installed_gb(meminfo: str) -> float:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
 
 log = logging.getLogger(__name__)
 

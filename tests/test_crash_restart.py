@@ -40,9 +40,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import state
-from exporter.config import Hardware
-from exporter.embodied import grams_per_second
+from carbonmeter import state
+from carbonmeter.config import Hardware
+from carbonmeter.embodied import grams_per_second
 from tests.fixtures.node import FakeNode
 from tests.fixtures.powercap import PowercapTree
 from tests.helpers import free_port, http_get, wait_for
@@ -98,7 +98,7 @@ class Host:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONMETER_")}
         with open(self.root / "serve.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "serve", "--config", str(self.config),
+                [sys.executable, "-m", "carbonmeter", "serve", "--config", str(self.config),
                  "--listen", f"127.0.0.1:{port}", "--interval", str(INTERVAL)],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         return proc, f"http://127.0.0.1:{port}/metrics"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.carbon import find_region
+from carbonmeter.carbon.regions import find_region
 from tests.fakes.fake_nvml import FakeGpu, write_state
 from tests.fixtures.powercap import one_socket, two_sockets_with_dram
 from tests.helpers import (
@@ -42,7 +42,7 @@ def start_serve(tmp: Path, config: str, *, env: dict[str, str] | None = None,
     cfg.write_text(config)
     with open(tmp / "serve.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "serve", "--config", str(cfg),
+            [sys.executable, "-m", "carbonmeter", "serve", "--config", str(cfg),
              "--listen", f"127.0.0.1:{port}", "--interval", str(interval)],
             env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"127.0.0.1:{port}"
@@ -156,7 +156,7 @@ def test_probes_command_says_what_runs_and_why_not(tmp_path):
     assert tree.zones()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "probes", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "probes", "--config", str(cfg)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "package-0 (cpu, measured)" in out.stdout and "dram-1 (dram, measured)" in out.stdout
@@ -222,7 +222,7 @@ def test_probes_command_lists_every_source_with_its_reason(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
                    "declared: [{id: shelf-1, kind: platform, watts: 120}]\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "probes", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "probes", "--config", str(cfg)],
                          capture_output=True, text=True,
                          env={**os.environ, **_fake_ipmitool(tmp_path, 400)})
     assert out.returncode == 0, out.stderr

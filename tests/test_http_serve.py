@@ -22,7 +22,7 @@ import urllib.request
 
 import bcrypt
 
-from exporter.sinks import http as http_server
+from carbonmeter.server import http as http_server
 from tests.fixtures.certs import make_pki
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import free_port, http_get, wait_for
@@ -130,7 +130,7 @@ def test_tls_and_basic_auth_from_the_web_config_flag(tmp_path):
     cfg.write_text("probes: {disabled: [rapl, nvml]}\n")
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "serve", "--config", str(cfg), "--listen",
+            [sys.executable, "-m", "carbonmeter", "serve", "--config", str(cfg), "--listen",
              f"127.0.0.1:{port}", "--interval", "0.2", "--web.config.file", str(webcfg)],
             stdout=log, stderr=subprocess.STDOUT)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
@@ -174,7 +174,7 @@ def test_bad_web_config_stops_serve_with_exit_2(tmp_path):
     cfg.write_text(f"server:\n  web_config_file: {webcfg}\n")
     for argv in (["serve", "--config", str(cfg), "--listen", "127.0.0.1:0"],
                  ["config", "check", str(cfg)]):
-        out = subprocess.run([sys.executable, "-m", "exporter", *argv], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "carbonmeter", *argv], capture_output=True,
                              text=True, timeout=30)
         assert out.returncode == 2
         assert out.stderr == (f"carbonmeter: configuration error: {cfg}: server.web_config_file"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.carbon import find_region
+from carbonmeter.carbon.regions import find_region
 from tests.fakes.grid_apis import EM_TOKEN, WT_PASSWORD, WT_USER, GridApis, Reply
 from tests.fixtures.powercap import one_socket
 from tests.helpers import http_get, require, wait_for
@@ -160,7 +160,7 @@ carbon:
             assert '{provider="electricitymaps",region="DE"} 302.0' in text
         finally:
             assert stop(proc) == 0
-        check = subprocess.run([sys.executable, "-m", "exporter", "config", "check",
+        check = subprocess.run([sys.executable, "-m", "carbonmeter", "config", "check",
                                 str(tmp_path / "carbonmeter.yaml")],
                                capture_output=True, text=True, env={**os.environ, **env})
         assert check.returncode == 0, check.stderr

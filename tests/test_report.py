@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter.carbon import Intensity, find_region
-from exporter.measure import DeviceUsage, Usage
-from exporter.report import read, summarise
-from exporter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.regions import find_region
+from carbonmeter.measure.meter import DeviceUsage, Usage
+from carbonmeter.report.summary import read, summarise
+from carbonmeter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import chromium, free_port, wait_for
 
@@ -57,7 +58,7 @@ def log(tmp_path) -> Path:
 
 
 def report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exporter", "report", *args],
+    return subprocess.run([sys.executable, "-m", "carbonmeter", "report", *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -154,7 +155,7 @@ def test_serve_writes_a_row_per_interval_and_the_html_report_renders_in_chromium
                    f"carbon: {{region: FR}}\nemissions_log: {{path: {log_path}}}\n")
     port = free_port()
     with open(tmp_path / "serve.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", str(cfg),
+        proc = subprocess.Popen([sys.executable, "-m", "carbonmeter", "serve", "--config", str(cfg),
                                  "--listen", f"127.0.0.1:{port}", "--interval", "0.2"],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:

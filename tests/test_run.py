@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.carbon import find_region
-from exporter.compare import peers
-from exporter.summary import SCHEMA
+from carbonmeter.carbon.compare import peers
+from carbonmeter.carbon.regions import find_region
+from carbonmeter.measure.summary import SCHEMA
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import wait_for
 
@@ -42,7 +42,7 @@ pickle.dump(tree, open({state!r}, "wb"))
 
 
 def carbonmeter(*args: str, config: Path | None = None, **kw) -> subprocess.CompletedProcess:
-    cmd = [PY, "-m", "exporter", "run", *(["--config", str(config)] if config else []), *args]
+    cmd = [PY, "-m", "carbonmeter", "run", *(["--config", str(config)] if config else []), *args]
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     return subprocess.run(cmd, timeout=60, **kw)
@@ -223,7 +223,7 @@ time.sleep(30)
 def test_signals_are_forwarded_to_the_command(rapl, tmp_path, sig):
     _, _, cfg = rapl
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([PY, "-m", "exporter", "run", "--config", str(cfg), "--", PY, "-c",
+    proc = subprocess.Popen([PY, "-m", "carbonmeter", "run", "--config", str(cfg), "--", PY, "-c",
                              TRAP, str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(ready.exists, timeout=30, what="the command to start")
     proc.send_signal(sig)
@@ -244,7 +244,7 @@ def test_a_terminal_interrupt_reaches_the_command_once(rapl, tmp_path):
                "    time.sleep(0.01)\ntime.sleep(0.5)\nprint('SIGINTs:', n, flush=True)\n")
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session of its own, with the pty as controlling terminal
-        os.execv(PY, [PY, "-m", "exporter", "run", "--config", str(cfg), "--", PY, "-c",
+        os.execv(PY, [PY, "-m", "carbonmeter", "run", "--config", str(cfg), "--", PY, "-c",
                       counter, str(ready)])
     try:
         wait_for(ready.exists, timeout=30, what="the command to start")

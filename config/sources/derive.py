@@ -58,7 +58,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from probes.cpu_names import normalise_cpu_model  # noqa: E402  (needs ROOT on sys.path)
+from carbonmeter.probes.cpu_names import normalise_cpu_model  # noqa: E402  (needs ROOT on sys.path)
 
 # ISO 3166-1: alpha-3 -> alpha-2, all 249 officially assigned codes (iso-codes 4.15).
 _ISO_3166_1 = (

@@ -18,15 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from exporter.attribution.attributor import Attributor
-from exporter.attribution.ledger import Ledger
-from exporter.attribution.model import IdlePower
-from exporter.attribution.view import AttributionView, WorkloadRow
+from carbonmeter.attribution.attributor import Attributor
+from carbonmeter.attribution.ledger import Ledger
+from carbonmeter.attribution.model import IdlePower
+from carbonmeter.attribution.view import AttributionView, WorkloadRow
 
 if TYPE_CHECKING:
-    from exporter.config import Config
-    from exporter.snapshot import Snapshot
-    from probes.base import Probe
+    from carbonmeter.config import Config
+    from carbonmeter.probes.base import Probe
+    from carbonmeter.snapshot import Snapshot
 
 __all__ = ["AttributionView", "Attributor", "TreeShare", "Unavailable", "build",
            "process_tree", "process_tree_share"]
@@ -43,7 +43,7 @@ def _idle(cfg: Config, probes: Sequence[Probe]) -> IdlePower:
     for p in probes:
         tdp = getattr(p, "tdp_watts", None)
         if p.name == "cpu_model" and tdp:
-            from probes.cpu_model import estimate_cpu_watts
+            from carbonmeter.probes.cpu_model import estimate_cpu_watts
 
             for d in p.devices:
                 known[d.id] = estimate_cpu_watts(tdp, 0.0)
@@ -59,8 +59,8 @@ def build(cfg: Config, probes: Sequence[Probe], *, env: Mapping[str, str] | None
     a = cfg.attribution
     if a.level == "none":
         return None
-    from exporter.attribution import cgroups
-    from exporter.attribution.procfs import fd_budget
+    from carbonmeter.attribution import cgroups
+    from carbonmeter.attribution.procfs import fd_budget
 
     env = os.environ if env is None else env
     procfs = cfg.paths.procfs
@@ -74,7 +74,7 @@ def build(cfg: Config, probes: Sequence[Probe], *, env: Mapping[str, str] | None
         except cgroups.CgroupsUnavailable as e:
             raise Unavailable(str(e)) from None
     if a.scope == "self":
-        from exporter.attribution.kubernetes import own_pod
+        from carbonmeter.attribution.kubernetes import own_pod
 
         own = own_pod(env, a.downward_api_dir)
         own_uid = own.uid if own else _uid_from_cgroup(procfs, layout)
@@ -84,14 +84,14 @@ def build(cfg: Config, probes: Sequence[Probe], *, env: Mapping[str, str] | None
                 "downward API (env: valueFrom: fieldRef: fieldPath: metadata.uid)")
     budget = fd_budget()
     if a.level == "process":
-        from exporter.attribution.sources import ProcessSource
+        from carbonmeter.attribution.sources import ProcessSource
 
         source: Any = ProcessSource(procfs, budget, only_pod=own_uid,
                                     cgroup_version=layout.version if layout else 2)
         mine = None if own_uid is None else (lambda key: key[0] == "process")
     else:
-        from exporter.attribution.kubernetes import Kubelet, Names
-        from exporter.attribution.sources import CgroupSource
+        from carbonmeter.attribution.kubernetes import Kubelet, Names
+        from carbonmeter.attribution.sources import CgroupSource
 
         assert layout is not None
         kubelet = None
@@ -108,7 +108,7 @@ def build(cfg: Config, probes: Sequence[Probe], *, env: Mapping[str, str] | None
 
 def _uid_from_cgroup(procfs: str, layout: Any) -> str | None:
     """This process's pod UID from its own cgroup path (no cgroup namespace, or cgroup v1)."""
-    from exporter.attribution import cgroups
+    from carbonmeter.attribution import cgroups
 
     try:
         with open(os.path.join(procfs, "self", "cgroup"), "rb") as f:
@@ -128,8 +128,8 @@ def process_tree(root_pid: int, cfg: Config, probes: Sequence[Probe], *,
     more after the root has been waited for. Idle power follows `attribution.idle_policy`
     (`requests` is read as `unattributed`: a process requests no CPUs).
     """
-    from exporter.attribution.procfs import fd_budget
-    from exporter.attribution.sources import TREE, TreeSource
+    from carbonmeter.attribution.procfs import fd_budget
+    from carbonmeter.attribution.sources import TREE, TreeSource
 
     a = cfg.attribution
     source = TreeSource(root_pid, cfg.paths.procfs, fd_budget(), reaper_pid=reaper_pid)

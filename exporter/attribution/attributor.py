@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from exporter.accounting import EnergyDelta
-from exporter.attribution.ledger import Ledger
-from exporter.attribution.model import (
+from carbonmeter.accounting import EnergyDelta
+from carbonmeter.attribution.ledger import Ledger
+from carbonmeter.attribution.model import (
     HOST,
     MEMORY_KINDS,
     OTHER,
@@ -25,9 +25,9 @@ from exporter.attribution.model import (
     memory_idle_j,
     split,
 )
-from exporter.attribution.sources import Interval
-from exporter.attribution.view import LEVEL_LABELS, AttributionView, Identity, IdleRow
-from exporter.carbon import Intensity, grams
+from carbonmeter.attribution.sources import Interval
+from carbonmeter.attribution.view import LEVEL_LABELS, AttributionView, Identity, IdleRow
+from carbonmeter.carbon.intensity import Intensity, grams
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Attributor:
         if d.device.source != "nvml" or self._gpu_failed:
             return {}
         if self._gpu is None:
-            from exporter.attribution.gpu import GpuProcesses
+            from carbonmeter.attribution.gpu import GpuProcesses
 
             try:
                 self._gpu = GpuProcesses(self._nvml)

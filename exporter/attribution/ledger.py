@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from exporter.attribution.model import HOST, OTHER, UNATTRIBUTED, Key
-from exporter.attribution.view import Identity, WorkloadRow
+from carbonmeter.attribution.model import HOST, OTHER, UNATTRIBUTED, Key
+from carbonmeter.attribution.view import Identity, WorkloadRow
 
 KEEP_UNEXPORTED_S = 3600.0
 SPECIAL = {HOST: "host", OTHER: "other", UNATTRIBUTED: "unattributed"}

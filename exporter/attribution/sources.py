@@ -21,10 +21,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from exporter.attribution import cgroups
-from exporter.attribution.kubernetes import Names
-from exporter.attribution.model import Key, Usage
-from exporter.attribution.procfs import (
+from carbonmeter.attribution import cgroups
+from carbonmeter.attribution.kubernetes import Names
+from carbonmeter.attribution.model import Key, Usage
+from carbonmeter.attribution.procfs import (
     CLK_TCK,
     PAGE_SIZE,
     NodeReader,
@@ -33,7 +33,7 @@ from exporter.attribution.procfs import (
     ProcTable,
     cgroup_of,
 )
-from exporter.attribution.view import Identity
+from carbonmeter.attribution.view import Identity
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from exporter.measure import Usage
+from carbonmeter.measure.meter import Usage
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _host() -> dict[str, Any]:
         ram_gb = round(psutil.virtual_memory().total / 1024**3, 3)
     except Exception:  # no psutil support on this platform: leave it empty
         ram_gb = ""
-    from exporter import __version__
+    from carbonmeter import __version__
 
     return {"os": platform.platform(), "python_version": platform.python_version(),
             "cpu_count": os.cpu_count() or "", "ram_total_size": ram_gb,
@@ -93,14 +93,14 @@ def _host() -> dict[str, Any]:
 
 @cache
 def _cpu_model() -> str:
-    from probes.cpu_model import read_cpuinfo
+    from carbonmeter.probes.cpu_model import read_cpuinfo
 
     return read_cpuinfo(Path("/proc"))[0]
 
 
 def row(usage: Usage, ctx: RowContext, *, task_name: str = "") -> dict[str, Any]:
     """One row for a span, keyed by COLUMNS; numbers as numbers."""
-    from exporter.compare import region_of
+    from carbonmeter.carbon.compare import region_of
 
     kwh: dict[str, float] = {"cpu": 0.0, "gpu": 0.0, "ram": 0.0, "platform": 0.0}
     for d in usage.devices:
@@ -321,7 +321,7 @@ class IntervalWriter:
             self.write()
 
     def write(self) -> None:
-        from exporter.measure import usage_between
+        from carbonmeter.measure.meter import usage_between
 
         snap = self.latest()
         if snap.seq == self._written.seq:

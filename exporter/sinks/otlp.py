@@ -37,14 +37,14 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
-from exporter import __version__
-from exporter.config import Otlp
-from exporter.sinks.outage import Outage
-from exporter.snapshot import Snapshot
-from probes.base import Device
+from carbonmeter import __version__
+from carbonmeter.config import Otlp
+from carbonmeter.probes.base import Device
+from carbonmeter.sinks.outage import Outage
+from carbonmeter.snapshot import Snapshot
 
 if typing.TYPE_CHECKING:
-    from exporter.attribution.view import WorkloadRow
+    from carbonmeter.attribution.view import WorkloadRow
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__
-from exporter.sinks.http import HttpServer, Request, Response
-from exporter.snapshot import Snapshot
+from carbonmeter import __version__
+from carbonmeter.server.http import HttpServer, Request, Response
+from carbonmeter.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from exporter.webconfig import WebConfig
+    from carbonmeter.server.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class SnapshotCollector:
             errors.add_metric((p.name,), p.errors_total)
         yield from (up, errors)
         if s.attribution is not None:
-            from exporter.sinks.workloads import families
+            from carbonmeter.sinks.workloads import families
 
             yield from families(s.attribution)
             s.attribution.exported()

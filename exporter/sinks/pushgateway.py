@@ -23,10 +23,10 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import delete_from_gateway, push_to_gateway
 
-from exporter.config import Pushgateway
-from exporter.sinks.outage import Outage
-from exporter.sinks.prometheus import SnapshotCollector
-from exporter.snapshot import Snapshot
+from carbonmeter.config import Pushgateway
+from carbonmeter.sinks.outage import Outage
+from carbonmeter.sinks.prometheus import SnapshotCollector
+from carbonmeter.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.attribution.view import AttributionView
+from carbonmeter.attribution.view import AttributionView
 
 
 def families(view: AttributionView) -> Iterator[Metric]:

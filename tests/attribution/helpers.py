@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from exporter import config
-from exporter.accounting import EnergyDelta
-from exporter.attribution import build
-from exporter.attribution.attributor import Attributor
-from exporter.attribution.view import AttributionView
-from exporter.carbon import Intensity
-from probes.base import Device
+from carbonmeter import config
+from carbonmeter.accounting import EnergyDelta
+from carbonmeter.attribution import build
+from carbonmeter.attribution.attributor import Attributor
+from carbonmeter.attribution.view import AttributionView
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.probes.base import Device
 from tests.fixtures.node import FakeNode
 
 CPU = Device("package-0", "cpu", "rapl", wrap_uj=262143328850)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from exporter.attribution import cgroups
+from carbonmeter.attribution import cgroups
 from tests.fixtures.node import FakeNode
 
 UID = "0c3a1f5e-8d2b-4c6f-9a1e-2b3c4d5e6f70"

@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from exporter.carbon import Intensity, Static
-from exporter.sampler import Sampler
-from probes.base import ProbeRead, Reading
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes.base import ProbeRead, Reading
+from carbonmeter.sampler import Sampler
 from tests.attribution.helpers import CPU, DRAM, GPU, attributor
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
 from tests.fixtures.node import standard_node

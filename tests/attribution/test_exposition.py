@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.carbon import Intensity, Static
-from exporter.sampler import Sampler
-from exporter.sinks.prometheus import Renderer
-from probes.base import ProbeRead, Reading
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes.base import ProbeRead, Reading
+from carbonmeter.sampler import Sampler
+from carbonmeter.sinks.prometheus import Renderer
 from tests.attribution.helpers import CPU, DRAM, attributor
 from tests.attribution.test_kubernetes import kubelet
 from tests.fakes.fake_nvml import FakeGpu, write_state
@@ -116,7 +116,7 @@ attribution:
         port = free_port()
         with open(tmp_path / "serve.log", "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "serve", "--config", str(cfg), "--listen",
+                [sys.executable, "-m", "carbonmeter", "serve", "--config", str(cfg), "--listen",
                  f"127.0.0.1:{port}", "--interval", "0.2"],
                 env={**os.environ, "PYTHONPATH": f"{SHIM}:{ROOT}", "FAKE_NVML_STATE": str(state)},
                 stdout=log, stderr=subprocess.STDOUT)
@@ -169,7 +169,7 @@ def test_serve_reports_why_attribution_cannot_run(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"attribution: {{level: pod, cgroupfs: {tmp_path / 'none'}}}\n")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", str(cfg),
+    proc = subprocess.Popen([sys.executable, "-m", "carbonmeter", "serve", "--config", str(cfg),
                              "--listen", f"127.0.0.1:{port}", "--interval", "0.2"],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -194,7 +194,7 @@ def test_serve_reports_why_attribution_cannot_run(tmp_path):
 def test_configuration_errors(tmp_path, text, expected):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
-    out = subprocess.run([sys.executable, "-m", "exporter", "config", "check", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "config", "check", str(cfg)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and expected in out.stderr and str(cfg) in out.stderr, out.stderr
 
@@ -207,7 +207,7 @@ def test_otlp_attributes_of_rows(ram_path):
     node.run(pids_in(node, sn.sidecar)[0], 0.5)
     node.elapse(1)
     node.flush()
-    from exporter.accounting import EnergyDelta
+    from carbonmeter.accounting import EnergyDelta
     from tests.attribution.helpers import INTENSITY
 
     a.account([EnergyDelta(CPU, 10.0, 1.0)], INTENSITY, 1.0)

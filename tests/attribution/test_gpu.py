@@ -75,8 +75,8 @@ def test_an_idle_gpu_and_a_failing_one(gpu_node, caplog):
 
 
 def test_in_the_process_tree_scope(gpu_node):
-    from exporter import config
-    from exporter.attribution import process_tree
+    from carbonmeter import config
+    from carbonmeter.attribution import process_tree
 
     sn, train, serve, _host = gpu_node
     node = sn.node

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from exporter.attribution.kubernetes import Kubelet, own_pod, parse_pod_list
+from carbonmeter.attribution.kubernetes import Kubelet, own_pod, parse_pod_list
 from tests.attribution.helpers import CPU, attributor, step
 from tests.fixtures.node import standard_node
 from tests.helpers import require, wait_for

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from exporter.attribution.ledger import Ledger
-from exporter.attribution.model import (
+from carbonmeter.attribution.ledger import Ledger
+from carbonmeter.attribution.model import (
     HOST,
     OTHER,
     UNATTRIBUTED,
@@ -18,7 +18,7 @@ from exporter.attribution.model import (
     memory_idle_j,
     split,
 )
-from exporter.attribution.view import Identity
+from carbonmeter.attribution.view import Identity
 
 A, B, C = ("pod", "a"), ("pod", "b"), ("pod", "c")
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from exporter.attribution.procfs import CLK_TCK, NodeReader, ProcTable, parse_stat
+from carbonmeter.attribution.procfs import CLK_TCK, NodeReader, ProcTable, parse_stat
 from tests.fixtures.node import FakeNode
 
 

@@ -16,11 +16,11 @@ import random
 
 import pytest
 
-from exporter import state
-from exporter.attribution.attributor import Attributor
-from exporter.carbon import Intensity, Static
-from exporter.sampler import Sampler
-from probes.base import ProbeRead, Reading
+from carbonmeter import state
+from carbonmeter.attribution.attributor import Attributor
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes.base import ProbeRead, Reading
+from carbonmeter.sampler import Sampler
 from tests.attribution.helpers import CPU, attributor
 from tests.attribution.test_conservation import Probe, churn
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
@@ -218,8 +218,8 @@ def test_a_changed_level_ends_the_workload_series_and_keeps_the_rest(tmp_path):
 def test_an_ended_series_restored_again_and_again_keeps_its_value_and_one_key():
     """A crash loop with nothing scraping: the ended series is never exported, so each start
     restores it again; it must neither grow its key nor lose or double its value."""
-    from exporter.attribution.ledger import Ledger
-    from exporter.attribution.view import Identity
+    from carbonmeter.attribution.ledger import Ledger
+    from carbonmeter.attribution.view import Identity
 
     key = ("pod", "0b7a")
     led = Ledger(top_n=5, min_energy_j=0)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from exporter.accounting import EnergyDelta
+from carbonmeter.accounting import EnergyDelta
 from tests.attribution.helpers import CPU, DRAM, INTENSITY, attributor, step, table
 from tests.fixtures.node import standard_node
 
@@ -198,7 +198,7 @@ class ScopedDevice:
 
 
 def test_with_a_whole_host_meter_rows_add_up_to_the_meter(ram_path):
-    from exporter.attribution.attributor import host_deltas
+    from carbonmeter.attribution.attributor import host_deltas
 
     sn = standard_node(ram_path, processes=40)
     node = sn.node

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from exporter import config
-from exporter.attribution import process_tree, process_tree_share
-from exporter.attribution.procfs import CLK_TCK, parse_stat
-from exporter.attribution.sources import TREE, TreeSource
-from exporter.carbon import Static
-from exporter.sampler import Sampler
-from probes.base import ProbeRead, Reading
+from carbonmeter import config
+from carbonmeter.attribution import process_tree, process_tree_share
+from carbonmeter.attribution.procfs import CLK_TCK, parse_stat
+from carbonmeter.attribution.sources import TREE, TreeSource
+from carbonmeter.carbon.intensity import Static
+from carbonmeter.probes.base import ProbeRead, Reading
+from carbonmeter.sampler import Sampler
 from tests.attribution.helpers import CPU, INTENSITY, step, table
 from tests.fixtures.node import FakeNode
 

@@ -302,7 +302,7 @@ def test_compose_environment_is_a_valid_carbonmeter_configuration(tmp_path):
     env = {k: str(v) for k, v in compose()["services"]["carbonmeter"]["environment"].items()}
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    out = subprocess.run([sys.executable, "-m", "exporter", "config", "check", str(empty)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "config", "check", str(empty)],
                          env={**os.environ, **env}, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "sysfs: /host/sys" in out.stdout and "procfs: /host/proc" in out.stdout

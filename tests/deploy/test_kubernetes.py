@@ -183,6 +183,6 @@ def test_configmap_is_a_valid_configuration_at_the_path_the_container_reads(rend
     key = Path(config_path).relative_to(mount["mountPath"]).as_posix()
     f = tmp_path / "carbonmeter.yaml"
     f.write_text(cm["data"][key])
-    out = subprocess.run([sys.executable, "-m", "exporter", "config", "check", str(f)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "config", "check", str(f)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from exporter.accounting import Accounting, counter_delta_uj
-from exporter.carbon import Intensity, grams
-from probes.base import Device, Reading
+from carbonmeter.accounting import Accounting, counter_delta_uj
+from carbonmeter.carbon.intensity import Intensity, grams
+from carbonmeter.probes.base import Device, Reading
 
 C = Intensity(500.0, "X", "config", "test")
 WRAP = 262143328850 * 2**32 / (2**32 - 1)  # a real Intel package range, one unit added

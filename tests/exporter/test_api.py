@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter import EmissionsTracker, OfflineEmissionsTracker, track, track_emissions
-from exporter.carbon import Intensity, find_region
-from exporter.measure import FINE_INTERVAL_S, WRAP_GUARD_S
+from carbonmeter import EmissionsTracker, OfflineEmissionsTracker, track, track_emissions
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.regions import find_region
+from carbonmeter.measure.meter import FINE_INTERVAL_S, WRAP_GUARD_S
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
 from tests.fixtures.powercap import one_socket
 
@@ -185,7 +186,7 @@ def test_codecarbon_keywords_unknown_ones_fail_ignored_ones_warn(rapl, caplog):
 
 
 def test_a_bad_region_fails_when_the_tracker_is_made(rapl):
-    from exporter.config import ConfigError
+    from carbonmeter.config import ConfigError
 
     _, cfg = rapl
     with pytest.raises(ConfigError, match="unknown region 'Atlantis'"):
@@ -230,9 +231,9 @@ def test_estimates_are_sampled_at_the_fine_interval(tmp_path):
 
 
 def test_importing_exporter_loads_nothing_heavy():
-    code = ("import sys, exporter; heavy = [m for m in ('yaml', 'exporter.api', "
-            "'exporter.config', 'importlib.metadata', 'psutil') if m in sys.modules]; "
-            "print(heavy); from exporter import track; print(callable(track))")
+    code = ("import sys, carbonmeter; heavy = [m for m in ('yaml', 'carbonmeter.measure.api', "
+            "'carbonmeter.config', 'importlib.metadata', 'psutil') if m in sys.modules]; "
+            "print(heavy); from carbonmeter import track; print(callable(track))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "True"]
@@ -241,7 +242,7 @@ def test_importing_exporter_loads_nothing_heavy():
 def test_a_whole_host_meter_is_the_span_total_not_added_to_its_parts():
     """The same host rule as the exporter: an IPMI/Redfish meter is the host; the parts
     inside it are a breakdown; a declared switch beside the host is added."""
-    from exporter.measure import DeviceUsage, Usage
+    from carbonmeter.measure.meter import DeviceUsage, Usage
 
     i = Intensity(100.0, "X", "config", "test")
     parts = (DeviceUsage("package-0", "cpu", "rapl", "", False, 300.0, 3.0),

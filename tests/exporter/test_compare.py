@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import carbon, compare, config, units
-from exporter.carbon import Intensity, Region, find_region
-from exporter.equivalents import FACTORS, describe, equivalents
+from carbonmeter import config, units
+from carbonmeter.carbon import compare
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.regions import Region, find_region
+from carbonmeter.carbon.resolve import resolve
+from carbonmeter.report.equivalents import FACTORS, describe, equivalents
 
 FR = find_region("FR")
 FR_I = Intensity(FR.g_per_kwh, "FR", "bundled", FR.source, FR.year)
@@ -90,7 +93,7 @@ def test_a_configured_cloud_region_compares_with_its_provider():
     """carbon.cloud as users write it, resolved through the bundled table."""
     cfg = config.load(env={}, overrides={"carbon.cloud": {"provider": "aws",
                                                           "region": "eu-west-3"}})
-    here = carbon.resolve(cfg.carbon).current()
+    here = resolve(cfg.carbon).current()
     row = compare.region_of(here)
     assert (row.kind, row.provider, row.code) == ("cloud", "aws", "eu-west-3")
     others = compare.greenest(1.0, here.g_per_kwh, here)

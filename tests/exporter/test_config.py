@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter import config
-from exporter.config import ConfigError
+from carbonmeter import config
+from carbonmeter.config import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -106,13 +106,13 @@ def test_command_line_overrides_are_validated():
 
 def test_config_check_prints_effective_config_and_exits_2_on_error(tmp_path):
     good = write(tmp_path, "carbon:\n  region: FRA\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "config", "check", str(good)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "config", "check", str(good)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "region: FRA" in out.stdout and "interval_seconds: 15.0" in out.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("carbon:\n  region: Atlantis\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "config", "check", str(bad)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "config", "check", str(bad)],
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown region 'Atlantis'" in out.stderr and "Traceback" not in out.stderr
@@ -120,7 +120,7 @@ def test_config_check_prints_effective_config_and_exits_2_on_error(tmp_path):
 
 def test_serve_refuses_bad_config_before_listening(tmp_path):
     bad = write(tmp_path, "sampler:\n  interval_seconds: -1\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "serve", "--config", str(bad),
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "serve", "--config", str(bad),
                           "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert f"{bad}: sampler.interval_seconds: -1 is out of range" in out.stderr

@@ -21,8 +21,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import cli, config
-from exporter.config import ConfigError
+from carbonmeter import cli, config
+from carbonmeter.config import ConfigError
 
 SECTIONS = {name: [f.name for f in dataclasses.fields(cls)]
             for name, cls in typing.get_type_hints(config.Config).items()
@@ -164,7 +164,7 @@ def test_hostile_yaml_in_an_environment_variable_is_only_a_string():
 
 def test_serve_exits_2_on_an_alias_bomb_before_listening(tmp_path):
     path = write(tmp_path, billion_laughs(9))
-    out = subprocess.run([sys.executable, "-m", "exporter", "serve", "--config", str(path),
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "serve", "--config", str(path),
                           "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert out.stderr.startswith(f"carbonmeter: configuration error: {path}: invalid YAML")

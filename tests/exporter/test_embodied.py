@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from exporter import config, state
-from exporter.carbon import Intensity, Static
-from exporter.config import ConfigError, Hardware
-from exporter.embodied import Embodied, grams_per_second
-from exporter.sampler import Sampler
-from exporter.sinks.prometheus import Renderer
-from exporter.snapshot import ProviderStatus
+from carbonmeter import config, state
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.config import ConfigError, Hardware
+from carbonmeter.embodied import Embodied, grams_per_second
+from carbonmeter.sampler import Sampler
+from carbonmeter.sinks.prometheus import Renderer
+from carbonmeter.snapshot import ProviderStatus
 from tests.helpers import require
 
 

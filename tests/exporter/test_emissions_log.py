@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.carbon import Intensity, find_region
-from exporter.measure import DeviceUsage, Usage
-from exporter.sinks.emissions_log import (
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.regions import find_region
+from carbonmeter.measure.meter import DeviceUsage, Usage
+from carbonmeter.sinks.emissions_log import (
     CODECARBON_COLUMNS,
     COLUMNS,
     EmissionsLog,
@@ -144,7 +145,7 @@ WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
 from tests.exporter.test_emissions_log import usage, CTX
-from exporter.sinks.emissions_log import EmissionsLog, row
+from carbonmeter.sinks.emissions_log import EmissionsLog, row
 log = EmissionsLog(sys.argv[1])
 r = row(usage(), CTX)
 r["task_name"] = "x" * 20000  # long rows: the kill lands inside a write more often

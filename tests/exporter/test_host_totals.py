@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.carbon import Intensity, Static
-from exporter.sampler import Sampler
-from probes.base import BESIDE, HOST, Device, ProbeRead, Reading
-from probes.declared import DeclaredProbe
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes.base import BESIDE, HOST, Device, ProbeRead, Reading
+from carbonmeter.probes.declared import DeclaredProbe
+from carbonmeter.sampler import Sampler
 
 PKG = Device("package-0", "cpu", "rapl", wrap_uj=1e12)
 SERVER = Device("server", "platform", "ipmi", scope=HOST)

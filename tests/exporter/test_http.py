@@ -17,12 +17,12 @@ import time
 import bcrypt
 import pytest
 
-from exporter import webconfig
-from exporter.carbon import Intensity, Static
-from exporter.config import ConfigError
-from exporter.sampler import Sampler
-from exporter.sinks import http as http_server
-from exporter.sinks.prometheus import Renderer, make_server
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.config import ConfigError
+from carbonmeter.sampler import Sampler
+from carbonmeter.server import http as http_server
+from carbonmeter.server import webconfig
+from carbonmeter.sinks.prometheus import Renderer, make_server
 from tests.exporter.test_prometheus import ScriptedProbe
 from tests.fixtures.certs import make_pki
 from tests.helpers import http_get

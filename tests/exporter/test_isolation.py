@@ -6,12 +6,12 @@ import resource
 import threading
 import time
 
-from exporter.carbon import Intensity, Static
-from exporter.sampler import Sampler
-from exporter.sinks.prometheus import Renderer, make_server
-from probes.base import Device, Paths, ProbeRead, Reading
-from probes.ram_model import RamModelProbe
-from probes.rapl import RaplProbe
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes.base import Device, Paths, ProbeRead, Reading
+from carbonmeter.probes.ram_model import RamModelProbe
+from carbonmeter.probes.rapl import RaplProbe
+from carbonmeter.sampler import Sampler
+from carbonmeter.sinks.prometheus import Renderer, make_server
 from tests.fixtures.powercap import one_socket
 from tests.helpers import http_get, wait_for
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from exporter import config
-from exporter.config import ConfigError
+from carbonmeter import config
+from carbonmeter.config import ConfigError
 
 
 def otlp(text: str = "", tmp_path=None, **env: str) -> config.Otlp:
@@ -116,7 +116,7 @@ def test_config_check_hides_secrets(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("otlp:\n  headers: {authorization: Bearer abc123}\n"
                     "pushgateway:\n  url: http://pg:9091\n  username: u\n  password: hunter2\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "config", "check", str(path)],
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "config", "check", str(path)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "abc123" not in out.stdout and "hunter2" not in out.stdout

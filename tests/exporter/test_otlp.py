@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import __version__, config
-from exporter.carbon import Intensity
-from exporter.snapshot import DeviceTotal, ProbeStatus, Snapshot
-from probes.base import Device
+from carbonmeter import __version__, config
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.probes.base import Device
+from carbonmeter.snapshot import DeviceTotal, ProbeStatus, Snapshot
 from tests.fakes.fake_nvml import FakeGpu, write_state
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import http_get, self_signed, wait_for
@@ -244,9 +244,10 @@ def test_opentelemetry_is_imported_only_when_otlp_is_on(tmp_path):
     def imported(env: dict[str, str]) -> str:
         out = subprocess.run(
             [sys.executable, "-X", "importtime", "-c",
-             "from exporter import carbon, cli, config, sampler\n"
+             "from carbonmeter import cli, config, sampler\n"
+             "from carbonmeter.carbon.resolve import resolve\n"
              "cfg = config.load()\n"
-             "s = sampler.Sampler([], carbon.resolve(cfg.carbon), pue=1, interval=1)\n"
+             "s = sampler.Sampler([], resolve(cfg.carbon), pue=1, interval=1)\n"
              "for sink in cli._start_sinks(cfg, lambda: s.latest): sink.close()\n"],
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env},
             capture_output=True, text=True, timeout=60)
@@ -284,7 +285,7 @@ def otlp_config(endpoint: str, protocol: str, **keys: object):
 
 
 def test_delta_temporality_sends_increases_that_add_up_to_the_total():
-    from exporter.sinks.otlp import OtlpSink
+    from carbonmeter.sinks.otlp import OtlpSink
 
     current = [snapshot(1, 100.0)]
     with Receiver("http/protobuf") as receiver:
@@ -304,7 +305,7 @@ def test_delta_temporality_sends_increases_that_add_up_to_the_total():
 def test_tls_with_a_private_ca(tmp_path, protocol, caplog):
     """The collector's certificate is verified against otlp.certificate; without it the
     same collector is refused (one outage line says why)."""
-    from exporter.sinks.otlp import OtlpSink
+    from carbonmeter.sinks.otlp import OtlpSink
 
     cert, key = self_signed(tmp_path)
     with Receiver(protocol, tls=(str(cert), str(key))) as receiver:
@@ -314,7 +315,7 @@ def test_tls_with_a_private_ca(tmp_path, protocol, caplog):
         assert sink.close()
         assert receiver.last("hw.energy").value == 5.0
 
-        with caplog.at_level(logging.WARNING, logger="exporter.sinks.otlp"):
+        with caplog.at_level(logging.WARNING, logger="carbonmeter.sinks.otlp"):
             sink = OtlpSink(otlp_config(receiver.endpoint, protocol), lambda: snapshot(1, 5.0))
             assert not sink.close()
         assert len(receiver.requests()) == 1
@@ -325,9 +326,9 @@ def test_tls_with_a_private_ca(tmp_path, protocol, caplog):
 def test_workloads_and_embodied_carbon_go_over_otlp_too():
     """The attribution rows of the snapshot, with the Kubernetes semantic-convention
     attributes, and the embodied emissions: the same values /metrics shows."""
-    from exporter.attribution.view import AttributionView, WorkloadRow
-    from exporter.sinks.otlp import OtlpSink
-    from exporter.snapshot import EmbodiedTotal
+    from carbonmeter.attribution.view import AttributionView, WorkloadRow
+    from carbonmeter.sinks.otlp import OtlpSink
+    from carbonmeter.snapshot import EmbodiedTotal
 
     acked = []
     rows = (WorkloadRow("pod", ("shop", "cart-7d9f"), "cpu", 120.0, 0.0018, 4.5),

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from exporter.carbon import Intensity, Static
-from exporter.sampler import Sampler
-from exporter.sinks.prometheus import Renderer, make_server
-from probes.base import Device, ProbeRead, Reading
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes.base import Device, ProbeRead, Reading
+from carbonmeter.sampler import Sampler
+from carbonmeter.sinks.prometheus import Renderer, make_server
 from tests.helpers import http_get, require
 
 PKG = Device("package-0", "cpu", "rapl", wrap_uj=1e12)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from exporter import config, providers
-from exporter.carbon import Intensity, Static
-from exporter.config import ConfigError
-from exporter.providers.live import LiveSource, Poller
-from exporter.providers.watttime import WattTime
-from exporter.sampler import Sampler
-from exporter.sinks.prometheus import Renderer, make_server
+from carbonmeter import config
+from carbonmeter.carbon import providers
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.carbon.providers.live import LiveSource, Poller
+from carbonmeter.carbon.providers.watttime import WattTime
+from carbonmeter.config import ConfigError
+from carbonmeter.sampler import Sampler
+from carbonmeter.sinks.prometheus import Renderer, make_server
 from tests.fakes.grid_apis import EM_TOKEN, WT_PASSWORD, WT_USER, GridApis, Reply
 from tests.helpers import free_port, http_get, wait_for
 
@@ -421,10 +422,11 @@ def test_no_provider_module_is_imported_without_providers():
     import subprocess
     import sys
 
-    code = ("import sys; from exporter import cli, carbon, sampler, config; "
-            "cfg = config.load(env={}); carbon.resolve(cfg.carbon); "
+    code = ("import sys; from carbonmeter import cli, sampler, config; "
+            "from carbonmeter.carbon.resolve import resolve; "
+            "cfg = config.load(env={}); resolve(cfg.carbon); "
             "print(sorted(m for m in sys.modules if m.startswith(('urllib.request', 'ssl', "
-            "'exporter.providers'))))")
+            "'carbonmeter.carbon.providers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2], check=True)
     assert out.stdout.strip() == "[]"

@@ -14,11 +14,11 @@ import bcrypt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import config
-from exporter.carbon import Intensity
-from exporter.sinks.pushgateway import PushError, push_snapshot
-from exporter.snapshot import DeviceTotal, ProbeStatus, Snapshot
-from probes.base import Device
+from carbonmeter import config
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.probes.base import Device
+from carbonmeter.sinks.pushgateway import PushError, push_snapshot
+from carbonmeter.snapshot import DeviceTotal, ProbeStatus, Snapshot
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import free_port, pushgateway, self_signed, wait_for
 from tests.test_end_to_end import metrics, start_serve, stop

@@ -8,15 +8,16 @@ import sys
 
 import pytest
 
-from exporter import carbon, config
-from exporter.carbon import find_cloud, find_region
-from exporter.config import ConfigError
-from exporter.units import to_g_per_kwh
+from carbonmeter import config
+from carbonmeter.carbon import resolve as resolving
+from carbonmeter.carbon.regions import find_cloud, find_region
+from carbonmeter.config import ConfigError
+from carbonmeter.units import to_g_per_kwh
 
 
 def resolve(**overrides):
     cfg = config.load(env={}, overrides={f"carbon.{k}": v for k, v in overrides.items()})
-    return carbon.resolve(cfg.carbon).current()
+    return resolving.resolve(cfg.carbon).current()
 
 
 @pytest.mark.parametrize(("name", "code", "kind", "g"), [
@@ -108,7 +109,7 @@ def test_region_and_cloud_together_is_an_error():
 
 def test_cloud_from_the_environment():
     cfg = config.load(env={"CARBONMETER_CARBON_CLOUD": "{provider: gcp, region: europe-west9}"})
-    assert carbon.resolve(cfg.carbon).current().g_per_kwh == 34.0
+    assert resolving.resolve(cfg.carbon).current().g_per_kwh == 34.0
 
 
 @pytest.mark.parametrize(("value", "unit", "g"), [
@@ -127,7 +128,7 @@ def test_unit_conversions(value, unit, g):
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exporter", "regions", *args],
+    return subprocess.run([sys.executable, "-m", "carbonmeter", "regions", *args],
                           capture_output=True, text=True, timeout=30)
 
 

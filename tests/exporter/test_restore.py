@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from exporter import state
-from exporter.carbon import Intensity, Static
-from exporter.sampler import Sampler
-from probes.base import Paths
-from probes.nvml import NvmlProbe
-from probes.ram_model import RamModelProbe
-from probes.rapl import RaplProbe
+from carbonmeter import state
+from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes.base import Paths
+from carbonmeter.probes.nvml import NvmlProbe
+from carbonmeter.probes.ram_model import RamModelProbe
+from carbonmeter.probes.rapl import RaplProbe
+from carbonmeter.sampler import Sampler
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
 from tests.fixtures.powercap import PowercapTree
 
@@ -228,13 +228,13 @@ def test_a_stopped_process_is_a_gap_judged_like_downtime(tmp_path):
 def test_wall_clock_jumps_create_no_energy(monkeypatch):
     """time.time() jumps a day forward and back between samples; intervals are timed on
     the boot-time clock, so energy is the constant power times the real elapsed time."""
-    import exporter.guard
-    import exporter.sampler
+    import carbonmeter.guard
+    import carbonmeter.sampler
 
     real = time.time
     offset = {"s": 0.0}
     monkeypatch.setattr(time, "time", lambda: real() + offset["s"])
-    assert exporter.sampler.time.time is time.time and exporter.guard.time.time is time.time
+    assert carbonmeter.sampler.time.time is time.time and carbonmeter.guard.time.time is time.time
     s = Sampler([RamModelProbe(Paths(), watts_per_gb=1)], C, pue=1.0, interval=0.1)
     watts = s.probes[0].watts
     start = state.clock()

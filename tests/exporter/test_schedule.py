@@ -11,9 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from exporter import carbon, config
-from exporter.config import ConfigError
-from exporter.schedule import Schedule
+from carbonmeter import config
+from carbonmeter.carbon.resolve import resolve
+from carbonmeter.carbon.schedule import Schedule
+from carbonmeter.config import ConfigError
 
 TENS = [10.0 * h for h in range(24)]  # the value says the local hour: 10 x hour
 
@@ -25,7 +26,7 @@ def schedule(tz: str, days: dict | None = None, region: str | None = None) -> Sc
     overrides = {"carbon.schedule": entry}
     if region:
         overrides["carbon.region"] = region
-    source = carbon.resolve(config.load(env={}, overrides=overrides).carbon)
+    source = resolve(config.load(env={}, overrides=overrides).carbon)
     assert isinstance(source, Schedule)
     return source
 
@@ -145,10 +146,10 @@ def test_schedule_errors_name_the_key(tmp_path, entry, error):
 
 def test_fixed_intensity_beats_the_schedule_and_the_schedule_beats_mix_and_region():
     base = {"carbon.schedule": {"timezone": "UTC", "hours": TENS}}
-    fixed = carbon.resolve(config.load(env={}, overrides={
+    fixed = resolve(config.load(env={}, overrides={
         **base, "carbon.intensity_g_per_kwh": 7}).carbon)
     assert fixed.current().g_per_kwh == 7.0
-    s = carbon.resolve(config.load(env={}, overrides={
+    s = resolve(config.load(env={}, overrides={
         **base, "carbon.mix": {"coal": 1}, "carbon.region": "PL"}).carbon)
     assert isinstance(s, Schedule) and s.current().region == "PL"
 
@@ -161,9 +162,10 @@ def test_works_without_a_system_tz_database():
     import sys
 
     jump = utc(2024, 3, 10, 7)
-    code = ("import zoneinfo; from exporter import carbon, config; "
+    code = ("import zoneinfo; from carbonmeter import config; "
+            "from carbonmeter.carbon.resolve import resolve; "
             "assert zoneinfo.TZPATH == (); "
-            "s = carbon.resolve(config.load(env={}, overrides={'carbon.schedule': "
+            "s = resolve(config.load(env={}, overrides={'carbon.schedule': "
             "{'timezone': 'America/New_York', 'hours': [10.0 * h for h in range(24)]}}).carbon);"
             f"print(s.at({jump} - 1).g_per_kwh, s.at({jump}).g_per_kwh)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -174,6 +176,6 @@ def test_works_without_a_system_tz_database():
 
 def test_the_label_is_the_configured_grid_or_cloud_region():
     cloud = {"provider": "aws", "region": "eu-west-3"}
-    s = carbon.resolve(config.load(env={}, overrides={
+    s = resolve(config.load(env={}, overrides={
         "carbon.schedule": {"timezone": "UTC", "hours": TENS}, "carbon.cloud": cloud}).carbon)
     assert s.current().region == "aws/eu-west-3"

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from exporter import state
-from exporter.state import Store
+from carbonmeter import state
+from carbonmeter.state import Store
 
 DEVICE = {
     "id": "package-0", "kind": "cpu", "source": "rapl", "name": "Xeon", "estimated": False,
@@ -101,7 +101,7 @@ def test_untrusted_file_is_kept_aside_with_the_reason(tmp_path, caplog, content,
         assert store.save("b", {"devices": [DEVICE]})
         content = path.read_bytes()[: len(path.read_bytes()) // 2]
     path.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="exporter.state"):
+    with caplog.at_level(logging.WARNING, logger="carbonmeter.state"):
         assert store.load() is None
     assert not path.exists()
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("state.json.rejected-")]
@@ -126,7 +126,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
 
     monkeypatch.setattr(state, "_write_all", full_disk)
     bigger = [{**DEVICE, "energy_j": 99999.0}]
-    with caplog.at_level(logging.INFO, logger="exporter.state"):
+    with caplog.at_level(logging.INFO, logger="carbonmeter.state"):
         assert not store.save("b", {"devices": bigger})
         assert not store.save("b", {"devices": bigger})  # failing again: logged once
         assert caplog.text.count("No space left on device") == 1
@@ -141,7 +141,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
 def test_unwritable_directory_disables_persistence_with_one_line(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with caplog.at_level(logging.WARNING, logger="exporter.state"):
+    with caplog.at_level(logging.WARNING, logger="carbonmeter.state"):
         assert Store.open(str(blocker / "state.json")) is None
     assert len(caplog.records) == 1 and "totals restart from zero" in caplog.text
 

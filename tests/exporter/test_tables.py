@@ -19,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from probes.cpu_names import lookup_tdp, model_tokens, normalise_cpu_model, parse_tdp_table
+from carbonmeter.probes.cpu_names import (
+    lookup_tdp,
+    model_tokens,
+    normalise_cpu_model,
+    parse_tdp_table,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter.accounting import Accounting
-from exporter.carbon import Intensity
-from probes import rapl
-from probes.amd_energy import WRAP_32BIT_UJ, AmdEnergyProbe
-from probes.base import Paths, ProbeUnavailable
-from probes.rapl import RaplProbe
+from carbonmeter.accounting import Accounting
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.probes import rapl
+from carbonmeter.probes.amd_energy import WRAP_32BIT_UJ, AmdEnergyProbe
+from carbonmeter.probes.base import Paths, ProbeUnavailable
+from carbonmeter.probes.rapl import RaplProbe
 from tests.fixtures.hwmon import HwmonTree, amd_energy_chip
 from tests.fixtures.powercap import AMD_UNIT_UJ, REGISTER, PowercapTree, amd_epyc, multi_die
 
@@ -139,8 +139,8 @@ def test_amd_energy_is_root_only_as_its_driver_makes_it() -> None:
         for d in root.rglob("*"):
             if d.is_dir() and not d.is_symlink():
                 d.chmod(0o755)
-        script = ("import sys\nfrom pathlib import Path\nfrom probes.base import Paths, "
-                  "ProbeUnavailable\nfrom probes.amd_energy import AmdEnergyProbe\ntry:\n"
+        script = ("import sys\nfrom pathlib import Path\nfrom carbonmeter.probes.base import Paths, "
+                  "ProbeUnavailable\nfrom carbonmeter.probes.amd_energy import AmdEnergyProbe\ntry:\n"
                   "    AmdEnergyProbe(Paths(sysfs=Path(sys.argv[1])))\nexcept ProbeUnavailable"
                   " as e:\n    print(e)\n")
         out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import Paths, ProbeUnavailable
-from probes.cpu_model import LOAD_CURVE, CpuModelProbe, estimate_cpu_watts
-from probes.ram_model import RamModelProbe
+from carbonmeter.probes.base import Paths, ProbeUnavailable
+from carbonmeter.probes.cpu_model import LOAD_CURVE, CpuModelProbe, estimate_cpu_watts
+from carbonmeter.probes.ram_model import RamModelProbe
 
 CPUINFO = """processor\t: {n}
 vendor_id\t: GenuineIntel

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.accounting import Accounting
-from exporter.carbon import Intensity
-from probes.base import HOST, PART, Paths, ProbeUnavailable
-from probes.hwmon import HwmonProbe, classify, scan
+from carbonmeter.accounting import Accounting
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.probes.base import HOST, PART, Paths, ProbeUnavailable
+from carbonmeter.probes.hwmon import HwmonProbe, classify, scan
 from tests.fixtures.hwmon import (
     HwmonTree,
     acpi_server_meter,

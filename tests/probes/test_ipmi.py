@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import HOST, ProbeUnavailable
-from probes.ipmi import IpmiProbe
+from carbonmeter.probes.base import HOST, ProbeUnavailable
+from carbonmeter.probes.ipmi import IpmiProbe
 from tests.helpers import fake_executable, require
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from probes.base import ProbeUnavailable
-from probes.nvml import MODE_COUNTER, MODE_POWER, NO_DRIVER, NO_LIBRARY, NvmlProbe
+from carbonmeter.probes.base import ProbeUnavailable
+from carbonmeter.probes.nvml import MODE_COUNTER, MODE_POWER, NO_DRIVER, NO_LIBRARY, NvmlProbe
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, load_from_env, write_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,7 +223,7 @@ def test_gpu_with_neither_counter_nor_power_is_skipped(caplog: pytest.LogCapture
     """Real: some boards (GeForce before Volta, some vGPU profiles) support neither."""
     silent = FakeGpu("GeForce GTX 1080", UUID_B, energy_counter=False, power_supported=False)
     fake = FakeNvml([a100(UUID_A), silent])
-    with caplog.at_level(logging.WARNING, logger="probes.nvml"):
+    with caplog.at_level(logging.WARNING, logger="carbonmeter.probes.nvml"):
         probe = NvmlProbe(nvml=fake)
     assert [d.id for d in probe.devices] == ["gpu-0"]
     assert list(probe.skipped) == ["gpu-1"]
@@ -416,7 +416,7 @@ def test_cuda_visible_devices_stops_at_first_invalid_entry(
 ) -> None:
     """Real (CUDA documentation): with 0,2,-1,1 only devices 0 and 2 are visible."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2,-1,1")
-    with caplog.at_level(logging.WARNING, logger="probes.nvml"):
+    with caplog.at_level(logging.WARNING, logger="carbonmeter.probes.nvml"):
         probe = NvmlProbe(nvml=three())
     assert [d.id for d in probe.devices] == ["gpu-0", "gpu-2"]
     assert "'-1'" in caplog.text
@@ -434,12 +434,12 @@ def test_cuda_indices_on_mixed_models_warn(
 ) -> None:
     """Real: CUDA orders mixed models fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    with caplog.at_level(logging.WARNING, logger="probes.nvml"):
+    with caplog.at_level(logging.WARNING, logger="carbonmeter.probes.nvml"):
         NvmlProbe(nvml=FakeNvml([a100(UUID_A), p100(UUID_B)]))
     assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in caplog.text
     caplog.clear()
     monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-    with caplog.at_level(logging.WARNING, logger="probes.nvml"):
+    with caplog.at_level(logging.WARNING, logger="carbonmeter.probes.nvml"):
         NvmlProbe(nvml=FakeNvml([a100(UUID_A), p100(UUID_B)]))
     assert caplog.text == ""
 
@@ -486,7 +486,7 @@ def test_state_file_fake_in_a_child_process(tmp_path: Path) -> None:
         "import json\n"
         "from tests.fakes.fake_nvml import install_from_env\n"
         "install_from_env()\n"
-        "from probes.nvml import NvmlProbe\n"
+        "from carbonmeter.probes.nvml import NvmlProbe\n"
         "p = NvmlProbe()\n"
         "r = p.read()\n"
         "print(json.dumps([p.modes, p.uuids, r.readings[0].counter_uj, r.errors]))\n"
@@ -506,8 +506,8 @@ def test_state_file_fake_in_a_child_process(tmp_path: Path) -> None:
     code = (
         "from tests.fakes.fake_nvml import install_from_env\n"
         "install_from_env()\n"
-        "from probes.base import ProbeUnavailable\n"
-        "from probes.nvml import NvmlProbe\n"
+        "from carbonmeter.probes.base import ProbeUnavailable\n"
+        "from carbonmeter.probes.nvml import NvmlProbe\n"
         "try:\n    NvmlProbe()\nexcept ProbeUnavailable as e:\n    print(e)\n"
     )
     out = subprocess.run(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import ProbeUnavailable
-from probes.powergadget import DISCONTINUED, PowerGadgetProbe, parse_log
+from carbonmeter.probes.base import ProbeUnavailable
+from carbonmeter.probes.powergadget import DISCONTINUED, PowerGadgetProbe, parse_log
 from tests.fixtures.powerlog import MACOS, WINDOWS, Load, header, log, rows, summary
 from tests.helpers import fake_executable, wait_for
 

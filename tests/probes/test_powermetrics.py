@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import ProbeUnavailable
-from probes.powermetrics import (
+from carbonmeter.probes.base import ProbeUnavailable
+from carbonmeter.probes.powermetrics import (
     SUDOERS_LINE,
     PowermetricsProbe,
     parse_samples,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from probes import rapl
-from probes.base import Device, Paths, ProbeUnavailable
-from probes.rapl import RaplProbe
+from carbonmeter.probes import rapl
+from carbonmeter.probes.base import Device, Paths, ProbeUnavailable
+from carbonmeter.probes.rapl import RaplProbe
 from tests.fixtures.powercap import (
     DRAM_UNIT_UJ,
     EXACT_INTEL_UNIT_UJ,
@@ -156,7 +156,7 @@ def test_psys_only_when_configured(tmp_path: Path, make) -> None:
 
 def test_psys_requested_but_missing_falls_back_with_a_warning(tmp_path: Path, make, caplog) -> None:
     tree = two_sockets_with_dram(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="probes.rapl"):
+    with caplog.at_level(logging.WARNING, logger="carbonmeter.probes.rapl"):
         probe = make(tree, psys=True)
     assert sorted(d.id for d in probe.devices) == ["dram-0", "dram-1", "package-0", "package-1"]
     assert any("psys" in r.getMessage() for r in caplog.records)
@@ -287,8 +287,8 @@ def test_eacces_after_some_zones_opened_leaks_no_fd(tmp_path: Path, monkeypatch)
 _SCRIPT = """
 import sys
 from pathlib import Path
-from probes.base import Paths, ProbeUnavailable
-from probes.rapl import RaplProbe
+from carbonmeter.probes.base import Paths, ProbeUnavailable
+from carbonmeter.probes.rapl import RaplProbe
 try:
     probe = RaplProbe(Paths(sysfs=Path(sys.argv[1])))
 except ProbeUnavailable as e:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import HOST, ProbeUnavailable
-from probes.redfish import RedfishProbe, load_password
+from carbonmeter.probes.base import HOST, ProbeUnavailable
+from carbonmeter.probes.redfish import RedfishProbe, load_password
 from tests.fixtures.redfish import FakeBmc, self_signed_cert
 
 

@@ -8,10 +8,10 @@ urllib (and ssl), so the exporter imports it only when providers are configured.
 
 from __future__ import annotations
 
-from exporter import config
-from exporter.carbon import IntensitySource
-from exporter.providers.http import secret
-from exporter.providers.live import Fetcher, LiveSource, Poller
+from carbonmeter import config
+from carbonmeter.carbon.intensity import IntensitySource
+from carbonmeter.carbon.providers.http import secret
+from carbonmeter.carbon.providers.live import Fetcher, LiveSource, Poller
 
 # How long a value is kept before asking again, by default: the service's data period.
 DEFAULT_REFRESH = {
@@ -27,24 +27,24 @@ def make(cfg: config.Provider, where: str) -> Fetcher:
     name = cfg.name or cfg.type
     key = secret(where, cfg.secret_env, cfg.secret_file)
     if cfg.type == "electricitymaps":
-        from exporter.providers.electricitymaps import ElectricityMaps
+        from carbonmeter.carbon.providers.electricitymaps import ElectricityMaps
 
         assert key is not None
         return ElectricityMaps(cfg, name, key)
     if cfg.type == "watttime":
-        from exporter.providers.watttime import WattTime
+        from carbonmeter.carbon.providers.watttime import WattTime
 
         assert key is not None
         return WattTime(cfg, name, key)
     if cfg.type == "carbonintensity_uk":
-        from exporter.providers.carbonintensity_uk import CarbonIntensityUK
+        from carbonmeter.carbon.providers.carbonintensity_uk import CarbonIntensityUK
 
         return CarbonIntensityUK(cfg, name)
     if cfg.type == "http":
-        from exporter.providers.http_json import HttpJson
+        from carbonmeter.carbon.providers.http_json import HttpJson
 
         return HttpJson(cfg, name, key, where)
-    from exporter.providers.file import FileProvider
+    from carbonmeter.carbon.providers.file import FileProvider
 
     return FileProvider(cfg, name, where)
 

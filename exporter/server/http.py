@@ -32,7 +32,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from exporter.webconfig import BasicAuth
+    from carbonmeter.server.webconfig import BasicAuth
 
 log = logging.getLogger(__name__)
 

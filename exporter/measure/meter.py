@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exporter.carbon import Intensity
-from exporter.config import Config
-from exporter.snapshot import Snapshot
-from probes.base import BESIDE, HOST, PART
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.config import Config
+from carbonmeter.probes.base import BESIDE, HOST, PART
+from carbonmeter.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from exporter.attribution import Attributor, TreeShare
+    from carbonmeter.attribution import Attributor, TreeShare
 
 FINE_INTERVAL_S = 1.0  # how often power sources are read during a span, unless told
 WRAP_GUARD_S = 60.0  # a 65 kJ RAPL DRAM range lasts 60 s only above 1 kW
@@ -122,11 +122,11 @@ class Meter:
     """Probes, sampler and, only where a source needs it, a thread that reads them."""
 
     def __init__(self, cfg: Config, *, interval: float | None = None) -> None:
-        from exporter import carbon
-        from exporter.discovery import discover
-        from exporter.sampler import Sampler
+        from carbonmeter.carbon.resolve import resolve
+        from carbonmeter.discovery import discover
+        from carbonmeter.sampler import Sampler
 
-        intensity = carbon.resolve(cfg.carbon)
+        intensity = resolve(cfg.carbon)
         probes, self.reports = discover(cfg)
         self.interval = interval  # power sources: seconds between reads (FINE_INTERVAL_S)
         # Probes are read in line: a measured block gets no thread it does not need.

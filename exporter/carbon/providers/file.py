@@ -13,11 +13,11 @@ import json
 import os
 import time
 
-from exporter import config
-from exporter.carbon import Intensity
-from exporter.config import ConfigError
-from exporter.providers.http import Fetched, ProviderError, json_value, number, parse_path
-from exporter.units import to_g_per_kwh
+from carbonmeter import config
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.providers.http import Fetched, ProviderError, json_value, number, parse_path
+from carbonmeter.config import ConfigError
+from carbonmeter.units import to_g_per_kwh
 
 
 class FileProvider:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from exporter import units
-from exporter.compare import Elsewhere, greenest
-from exporter.measure import Usage
+from carbonmeter import units
+from carbonmeter.carbon.compare import Elsewhere, greenest
+from carbonmeter.measure.meter import Usage
 
 SCHEMA = "carbonmeter.run/1"
 SCOPE_NOTE = ("whole machine: every process's energy is counted, not only the command's "

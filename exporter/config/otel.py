@@ -17,7 +17,7 @@ import typing
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from exporter.config import OTLP_PROTOCOLS, ConfigError, _check, check_url
+from carbonmeter.config import OTLP_PROTOCOLS, ConfigError, _check, check_url
 
 SIGNAL = "OTEL_EXPORTER_OTLP_METRICS_"  # metrics only; wins over the generic one
 GENERIC = "OTEL_EXPORTER_OTLP_"

@@ -15,8 +15,8 @@ import zoneinfo
 from collections.abc import Callable
 from datetime import datetime
 
-from exporter import config
-from exporter.carbon import Intensity
+from carbonmeter import config
+from carbonmeter.carbon.intensity import Intensity
 
 
 class Schedule:

@@ -32,7 +32,7 @@ def equivalents(grams: float, kwh: float) -> list[tuple[Factor, float]]:
 
 def describe(f: Factor, n: float) -> tuple[str, str]:
     """(how many, of what) for a person: metres rather than 0.00123 km."""
-    from exporter.units import sig
+    from carbonmeter.units import sig
 
     if f.what.startswith("km ") and n < 1:
         return sig(n * 1000), "m" + f.what[2:]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from exporter.measure import Usage
-from exporter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
-from exporter.snapshot import DeviceTotal, Snapshot
-from probes.base import Device
+from carbonmeter.measure.meter import Usage
+from carbonmeter.probes.base import Device
+from carbonmeter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
+from carbonmeter.snapshot import DeviceTotal, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def push_at_exit(usage: Usage, ctx: RowContext, cfg: Any) -> str:
     gateway = getattr(cfg, "pushgateway", None)
     if gateway is None or gateway.url is None:
         return ""
-    from exporter.sinks.pushgateway import PushError, push_snapshot
+    from carbonmeter.sinks.pushgateway import PushError, push_snapshot
 
     try:
         push_snapshot(gateway, usage_snapshot(usage))

@@ -1,4 +1,4 @@
-"""`carbonmeter report FILE`: what an emissions log says, and how the same work could emit less.
+"""An emissions log read and summed: totals, devices, time buckets, other regions, equivalents.
 
 Reads carbonmeter's log (CSV or JSON Lines) and CodeCarbon's emissions.csv alike: only
 CodeCarbon's columns are required; carbonmeter's own (`devices`, `carbon_intensity`,
@@ -12,17 +12,17 @@ import csv
 import io
 import json
 import math
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from exporter import units
-from exporter.carbon import Intensity, regions
-from exporter.compare import Elsewhere, landmarks
-from exporter.equivalents import Factor, describe, equivalents
+from carbonmeter import units
+from carbonmeter.carbon.compare import Elsewhere, landmarks
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.regions import regions
+from carbonmeter.report.equivalents import Factor, equivalents
 
 KINDS = (("cpu", "cpu_energy"), ("gpu", "gpu_energy"), ("ram", "ram_energy"),
          ("platform", "platform_energy"))
@@ -216,82 +216,6 @@ def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
         over_time=[(t, e, g) for t, (e, g) in sorted(over.items())], bucket=bucket)
 
 
-def _kwh(kwh: float) -> str:
+def show_kwh(kwh: float) -> str:
+    """kWh as a person reads it (J, Wh or kWh)."""
     return units.energy(kwh * 3.6e6)
-
-
-def text(s: Summary, name: str) -> str:
-    """The report as plain text: what the HTML page says, without the charts."""
-    out = [f"carbonmeter report: {name}",
-           f"  period        {s.first:%Y-%m-%d %H:%M:%S} to {s.last:%Y-%m-%d %H:%M:%S %Z}",
-           f"  rows          {len(s.rows)} in {s.runs} run(s), {len(s.tasks)} task row(s)",
-           f"  measured for  {units.duration(s.duration_s)}",
-           f"  energy        {_kwh(s.energy_kwh)} (with PUE: {_kwh(s.facility_kwh)})",
-           f"  CO2eq         {units.mass(s.emissions_g)}",
-           f"  intensity     {s.intensity.g_per_kwh:g} gCO2eq/kWh ({s.intensity.region}; "
-           f"{s.intensity.source})"]
-    if s.by_kind:
-        out.append("\nby device kind")
-        for k, kwh in s.by_kind.items():
-            out.append(f"  {k:<10} {_kwh(kwh):>12}  {100 * kwh / s.energy_kwh:5.1f} %"
-                       if s.energy_kwh else f"  {k:<10} {_kwh(kwh):>12}")
-    if s.by_device:
-        out.append("\nby device")
-        for dev, d in s.by_device.items():
-            how = "estimated" if d["estimated"] else "measured"
-            out.append(f"  {dev:<14} {d['kind']:<9} {d['source']:<10} {how:<10} "
-                       f"{_kwh(d['energy_kwh']):>12}")
-    out.append(f"\nover time, per {s.bucket} (UTC)")
-    for t, e, g in s.over_time:
-        out.append(f"  {t:%Y-%m-%d %H:%M}  {_kwh(e):>12}  {units.mass(g):>10}")
-    out.append("\nthe same energy elsewhere")
-    for e in s.places:
-        r = e.region
-        label = e.role or ""
-        saving = "" if e.role == "configured" else (
-            f"  saves {units.mass(e.saving_g)}" if e.saving_g >= 0
-            else f"  adds {units.mass(-e.saving_g)}")
-        out.append(f"  {label:<10} {r.code:<6} {r.name:<28} {r.g_per_kwh:>7g} g/kWh "
-                   f"{units.mass(e.grams):>10}{saving}")
-    out.append("\nequivalents")
-    for f, n in s.equivalents:
-        many, what = describe(f, n)
-        out.append(f"  {many} {what}  [{f.source}]")
-    if s.tasks:
-        out.append("\ntasks (inside the runs above)")
-        agg: dict[str, list[float]] = {}
-        for t in s.tasks:
-            a = agg.setdefault(t.task, [0, 0.0, 0.0])
-            a[0] += 1
-            a[1] += t.energy_kwh
-            a[2] += t.emissions_g
-        for name_, (n, e, g) in sorted(agg.items(), key=lambda kv: -kv[1][1])[:20]:
-            out.append(f"  {name_:<30} x{int(n):<4} {_kwh(e):>12}  {units.mass(g):>10}")
-    out.append("\nscope: " + ("whole machine: every process's energy, not only the measured "
-                              "code's"))
-    return "\n".join(out) + "\n"
-
-
-def main(file: str, *, html: str | None = None) -> int:
-    path = Path(file)
-    try:
-        s = summarise(read(path), str(path))
-    except LogError as e:
-        print(f"carbonmeter report: {e}", file=sys.stderr)
-        return 2
-    sys.stdout.write(text(s, path.name))
-    if html:
-        try:
-            from exporter.report_html import page
-        except ImportError as e:
-            print(f"carbonmeter report: --html needs matplotlib ({e.name} is missing): "
-                  "pip install 'carbonmeter[report]'", file=sys.stderr)
-            return 1
-        try:
-            Path(html).write_text(page(s, path.name), encoding="utf-8")
-        except OSError as e:
-            print(f"carbonmeter report: cannot write {html}: {e.strerror or e}",
-                  file=sys.stderr)
-            return 1
-        print(f"\nwrote {html}")
-    return 0

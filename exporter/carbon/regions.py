@@ -1,9 +1,7 @@
-"""Carbon intensity: how many grams of CO2eq one kWh emits where the energy is spent.
+"""The bundled region table: every grid and cloud region with its intensity, year and source.
 
-The sources resolve once from configuration; `IntensitySource.current()` is asked once
-per sample, so a source whose value changes over time (a schedule, exporter.schedule; a
-live grid API, exporter.providers) prices each interval at the intensity that held when
-it was spent.
+Read once from `carbonmeter.bundled/regions.csv` (derived from the reference data by
+`config/sources/derive.py`, each row citing its source).
 """
 
 from __future__ import annotations
@@ -11,47 +9,11 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import logging
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Protocol
 
-from exporter.config import Carbon, ConfigError
-
-log = logging.getLogger(__name__)
-
-WORLD_AVERAGE_G_PER_KWH = 475.0  # IEA, Global Energy & CO2 Status Report 2019
-WORLD_AVERAGE_SOURCE = "IEA Global Energy & CO2 Status Report 2019, world average"
-J_PER_KWH = 3.6e6
-
-
-@dataclass(frozen=True, slots=True)
-class Intensity:
-    """An intensity and where it comes from, as the metrics and reports label it."""
-
-    g_per_kwh: float
-    region: str  # "FR", "world", "custom"
-    provider: str  # "bundled", "config", "default", or a live provider's name
-    source: str  # citation a person can look up
-    year: int | None = None
-    # "average": the grid's mean emissions per kWh (every bundled table, most APIs);
-    # "marginal": what one more kWh emits now (WattTime's MOER). Not interchangeable.
-    signal: str = "average"
-
-
-class IntensitySource(Protocol):
-    def current(self) -> Intensity: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Static:
-    """An intensity that does not change while the process runs."""
-
-    intensity: Intensity
-
-    def current(self) -> Intensity:
-        return self.intensity
+from carbonmeter.config import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +32,7 @@ class Region:
 @cache
 def regions() -> tuple[Region, ...]:
     """The bundled region table, read once."""
-    text = resources.files("exporter.bundled").joinpath("regions.csv").read_text("utf-8")
+    text = resources.files("carbonmeter.bundled").joinpath("regions.csv").read_text("utf-8")
     rows = csv.DictReader(io.StringIO("".join(
         line for line in text.splitlines(keepends=True) if not line.startswith("#"))))
     fixed = {"code", "alpha3", "name", "kind", "provider", "intensity_g_per_kwh", "year",
@@ -143,40 +105,3 @@ def mix_intensity(mix: dict[str, float], per_source: dict[str, float]) -> float:
     """Weighted average of the sources' intensities; shares need not sum to 1."""
     total = sum(mix.values())
     return sum(share * per_source[src] for src, share in mix.items()) / total
-
-
-def resolve(cfg: Carbon) -> IntensitySource:
-    """The configured intensity without live providers, which fall back to it: a fixed
-    value, else a schedule, else a mix, else a cloud or grid region, else the world."""
-    region = cfg.region
-    grid = find_region(region) if region is not None else None  # unknown names fail here
-    cloud = find_cloud(cfg.cloud.provider, cfg.cloud.region) if cfg.cloud is not None else None
-    if cfg.intensity_g_per_kwh is not None:
-        return Static(Intensity(cfg.intensity_g_per_kwh, region or "custom", "config",
-                                "carbon.intensity_g_per_kwh in the configuration"))
-    if cfg.schedule is not None:
-        from exporter.schedule import Schedule
-
-        label = (grid.code if grid else f"{cloud.provider}/{cloud.code}" if cloud
-                 else "schedule")
-        return Schedule(cfg.schedule, region=label)
-    if cfg.mix is not None:
-        missing = sorted(set(cfg.mix) - set(cfg.source_intensities))
-        if missing:
-            raise ConfigError(f"carbon.mix: no intensity for {', '.join(missing)}; "
-                              "add them under carbon.source_intensities")
-        value = mix_intensity(cfg.mix, cfg.source_intensities)
-        return Static(Intensity(round(value, 3), region or "custom", "config",
-                                "carbon.mix weighted by carbon.source_intensities"))
-    if cloud is not None:
-        return Static(Intensity(cloud.g_per_kwh, f"{cloud.provider}/{cloud.code}", "bundled",
-                                cloud.source, cloud.year))
-    if grid is not None:
-        return Static(Intensity(grid.g_per_kwh, grid.code, "bundled", grid.source, grid.year))
-    return Static(Intensity(WORLD_AVERAGE_G_PER_KWH, "world", "default", WORLD_AVERAGE_SOURCE,
-                            2019))
-
-
-def grams(energy_j: float, pue: float, intensity: Intensity) -> float:
-    """CO2eq for energy spent at one intensity: E (kWh) x PUE x C (g/kWh)."""
-    return energy_j / J_PER_KWH * pue * intensity.g_per_kwh

@@ -16,9 +16,9 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from exporter import config
-from exporter.carbon import Intensity
-from exporter.providers.http import (
+from carbonmeter import config
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.providers.http import (
     AuthError,
     Fetched,
     ProviderError,
@@ -27,7 +27,7 @@ from exporter.providers.http import (
     json_value,
     number,
 )
-from exporter.units import to_g_per_kwh
+from carbonmeter.units import to_g_per_kwh
 
 BASE = "https://api.watttime.org"
 RENEW_AFTER = 25 * 60  # tokens live 30 minutes

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from exporter import __version__
-from exporter.carbon import Intensity
-from exporter.config import ConfigError
+from carbonmeter import __version__
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.config import ConfigError
 
 MAX_BODY = 1 << 20  # an intensity is a few hundred bytes; anything past 1 MiB is a mistake
 MAX_RETRY_AFTER = 86_400.0

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.carbon import Intensity, IntensitySource
-from exporter.providers.http import Fetched, ProviderError, RetryLater
-from exporter.snapshot import ProviderStatus
+from carbonmeter.carbon.intensity import Intensity, IntensitySource
+from carbonmeter.carbon.providers.http import Fetched, ProviderError, RetryLater
+from carbonmeter.snapshot import ProviderStatus
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter import config
-from exporter.carbon import Intensity
-from exporter.providers.http import Fetched, ProviderError, get_json, json_value, number
+from carbonmeter import config
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.providers.http import Fetched, ProviderError, get_json, json_value, number
 
 BASE = "https://api.carbonintensity.org.uk"
 

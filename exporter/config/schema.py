@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from exporter.units import UNITS
-from probes.base import KINDS
+from carbonmeter.probes.base import KINDS
+from carbonmeter.units import UNITS
 
 ENV_PREFIX = "CARBONMETER_"
 MAX_FILE_BYTES = 1 << 20  # a configuration is a page of YAML, not a megabyte
@@ -218,7 +218,7 @@ class Carbon:
 
 @dataclass(frozen=True)
 class Otlp:
-    """Resolved by `exporter.otel_env`: every None left in the file is filled from the
+    """Resolved by `carbonmeter.config.otel`: every None left in the file is filled from the
     standard OTEL_* variables or a default, so the sink gets concrete settings."""
 
     enabled: bool
@@ -335,7 +335,7 @@ class Config:
 
 def default_text() -> str:
     """The bundled default configuration, commented: also the reference example."""
-    return resources.files("exporter.bundled").joinpath("default.yaml").read_text("utf-8")
+    return resources.files("carbonmeter.bundled").joinpath("default.yaml").read_text("utf-8")
 
 
 @functools.cache
@@ -359,7 +359,7 @@ def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, st
         section, key = dotted.split(".")
         data[section][key] = value
         given[dotted] = "command line"
-    from exporter import otel_env
+    from carbonmeter.config import otel as otel_env
 
     otel_env.resolve(data, env, origin)
     return _build(data, origin, given)
@@ -577,11 +577,25 @@ def _build(data: dict[str, Any], origin: str, given: dict[str, str]) -> Config:
             raise ConfigError(f"{where}.name: '{name}' is used twice; give each provider its "
                               "own name")
         names.add(name)
+    if cfg.otlp.enabled and cfg.otlp.protocol == "grpc" and not _grpc_installed():
+        raise ConfigError(f"{cfg.where('otlp.protocol')}: otlp.protocol: grpc needs the gRPC "
+                          "exporter, which is not installed: pip install 'carbonmeter[grpc]', "
+                          "or use http/protobuf")
     if cfg.attribution.idle_policy == "requests" and cfg.attribution.level == "process":
         raise ConfigError(f"{origin}: attribution.idle_policy: 'requests' needs "
                           "attribution.level pod or container (processes request no CPUs); "
                           "use equal or unattributed")
     return cfg
+
+
+def _grpc_installed() -> bool:
+    """Whether the `grpc` extra is installed, without importing it (grpc loads 20 MB)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 # Keys each provider type needs; the rest of Provider's keys are optional for every type.

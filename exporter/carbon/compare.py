@@ -11,7 +11,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from exporter.carbon import Intensity, Region, regions
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.regions import Region, regions
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,9 @@ in a header value stands for the configured secret, so a token can sit in a head
 
 from __future__ import annotations
 
-from exporter import config
-from exporter.carbon import Intensity
-from exporter.config import ConfigError
-from exporter.providers.http import (
+from carbonmeter import config
+from carbonmeter.carbon.intensity import Intensity
+from carbonmeter.carbon.providers.http import (
     Fetched,
     Secret,
     get_json,
@@ -19,7 +18,8 @@ from exporter.providers.http import (
     parse_path,
     safe_url,
 )
-from exporter.units import to_g_per_kwh
+from carbonmeter.config import ConfigError
+from carbonmeter.units import to_g_per_kwh
 
 PLACEHOLDER = "${secret}"
 

@@ -59,9 +59,9 @@ def _attribute_tree(meter: Any, cfg: Any, pid: int) -> Any:
     """Share the machine's energy with the command's process tree from now on: the
     attributor, or why the whole machine is reported (a string)."""
     # What goes wrong here is said once, in the summary's scope line, not logged meanwhile.
-    logging.getLogger("exporter.attribution").setLevel(logging.ERROR)
+    logging.getLogger("carbonmeter.attribution").setLevel(logging.ERROR)
     try:
-        from exporter import attribution
+        from carbonmeter import attribution
 
         tree = attribution.process_tree(pid, cfg, meter.sampler.probes, reaper_pid=os.getpid())
         meter.attach(tree)
@@ -75,7 +75,7 @@ def _with_tree_share(usage: Any, last: Any, tree: Any) -> Any:
     """The usage with the process tree's share, when every reading of the tree succeeded."""
     import dataclasses
 
-    from exporter.attribution import process_tree_share
+    from carbonmeter.attribution import process_tree_share
 
     why = tree if isinstance(tree, str) else tree.first_error
     share = None if why else process_tree_share(last)
@@ -86,10 +86,10 @@ def _with_tree_share(usage: Any, last: Any, tree: Any) -> Any:
 
 def run(cfg: Any, command: list[str], *, interval: float | None, output: str | None,
         as_json: bool) -> int:
-    from exporter import summary
-    from exporter.measure import Meter, usage_between
-    from exporter.publish import finished
-    from exporter.sinks.emissions_log import RowContext, new_run_id, open_log
+    from carbonmeter.measure import summary
+    from carbonmeter.measure.meter import Meter, usage_between
+    from carbonmeter.measure.publish import finished
+    from carbonmeter.sinks.emissions_log import RowContext, new_run_id, open_log
 
     blocked = {*FORWARDED, signal.SIGCHLD}
     before = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)

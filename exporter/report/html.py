@@ -15,9 +15,9 @@ from datetime import datetime
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from exporter import units
-from exporter.equivalents import describe
-from exporter.report import Summary, _kwh
+from carbonmeter import units
+from carbonmeter.report.equivalents import describe
+from carbonmeter.report.summary import Summary, show_kwh
 
 MEASURED, ESTIMATED, ACCENT = "#2b6f8f", "#c7a44a", "#3a8f4b"
 
@@ -131,16 +131,16 @@ def page(s: Summary, name: str) -> str:
         ["period", f"{s.first:%Y-%m-%d %H:%M:%S} to {s.last:%Y-%m-%d %H:%M:%S %Z}"],
         ["rows", f"{len(s.rows)} in {s.runs} run(s), {len(s.tasks)} task row(s)"],
         ["measured for", units.duration(s.duration_s)],
-        ["energy", f"{_kwh(s.energy_kwh)} (with PUE: {_kwh(s.facility_kwh)})"],
+        ["energy", f"{show_kwh(s.energy_kwh)} (with PUE: {show_kwh(s.facility_kwh)})"],
         ["CO2eq", units.mass(s.emissions_g)],
         ["intensity", f"{i.g_per_kwh:g} gCO2eq/kWh ({i.region}; {i.source})"],
     ]
-    kinds = [[k, _kwh(v)] for k, v in s.by_kind.items()]
+    kinds = [[k, show_kwh(v)] for k, v in s.by_kind.items()]
     places = [[e.role, e.region.code, e.region.name, f"{e.region.g_per_kwh:g}",
                units.mass(e.grams), "" if e.role == "configured" else units.mass(e.saving_g)]
               for e in s.places]
     equiv = [[*describe(f, n), f.source] for f, n in s.equivalents]
-    over = [[f"{t:%Y-%m-%d %H:%M}", _kwh(e), units.mass(g)] for t, e, g in s.over_time]
+    over = [[f"{t:%Y-%m-%d %H:%M}", show_kwh(e), units.mass(g)] for t, e, g in s.over_time]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

@@ -1,6 +1,6 @@
 """Measure Python code the way you time it.
 
-    from exporter import track, track_emissions, EmissionsTracker
+    from carbonmeter import track, track_emissions, EmissionsTracker
 
     with track(project_name="train") as t:          # a block
         with t.task("load"):                         # named parts, nested as deep as needed
@@ -13,10 +13,10 @@
     tracker = EmissionsTracker(project_name="train")  # CodeCarbon's interface: change the import
     tracker.start(); ...; kg = tracker.stop()
 
-Every tracker runs the exporter's own probes and accounting (`exporter.measure`), so a block
-costs what `carbonmeter serve` would have counted over the same time. Starting one discovers
-the probes and reads them once; no thread is started while only energy counters that never
-wrap are in use (see `exporter.measure` for when one is).
+Every tracker runs the exporter's own probes and accounting (`carbonmeter.measure.meter`),
+so a block costs what `carbonmeter serve` would have counted over the same time. Starting one
+discovers the probes and reads them once; no thread is started while only energy counters
+that never wrap are in use (see `carbonmeter.measure.meter` for when one is).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from exporter.measure import Usage, usage_between
+from carbonmeter.measure.meter import Usage, usage_between
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,7 +58,7 @@ class Tracker:
                  interval: float | None = None, output_file: str | os.PathLike[str] | None = None,
                  output_format: str | None = None, gpu_ids: list[int | str] | None = None,
                  name: str = "") -> None:
-        from exporter import config as config_module
+        from carbonmeter import config as config_module
 
         overrides: dict[str, Any] = {}
         if region is not None:
@@ -74,9 +74,9 @@ class Tracker:
         if project_name is not None:
             overrides["emissions_log.project_name"] = project_name
         self.cfg = config_module.load(config, overrides=overrides)
-        from exporter import carbon
+        from carbonmeter.carbon.resolve import resolve
 
-        carbon.resolve(self.cfg.carbon)  # an unknown region fails here, not at start()
+        resolve(self.cfg.carbon)  # an unknown region fails here, not at start()
         self.interval = interval
         self.name = name
         self.experiment_id = experiment_id
@@ -96,8 +96,8 @@ class Tracker:
         return self._meter is not None
 
     def start(self) -> Tracker:
-        from exporter.measure import Meter
-        from exporter.sinks.emissions_log import RowContext, new_run_id
+        from carbonmeter.measure.meter import Meter
+        from carbonmeter.sinks.emissions_log import RowContext, new_run_id
 
         if self._meter is not None:
             raise RuntimeError("this tracker is already running")
@@ -137,8 +137,8 @@ class Tracker:
 
     def _publish(self, whole: Usage, part: Usage, *, final: bool) -> None:
         """The rows since the last write go to the log; the push at exit gets the whole."""
-        from exporter.publish import finished
-        from exporter.sinks.emissions_log import open_log
+        from carbonmeter.measure.publish import finished
+        from carbonmeter.sinks.emissions_log import open_log
 
         finished(whole, self._ctx, emissions_log=open_log(self.cfg.emissions_log),
                  cfg=self.cfg, rows_of=part, final=final)
@@ -266,7 +266,7 @@ class EmissionsTracker:
     Like CodeCarbon it writes a row to `output_dir/output_file` (emissions.csv) at stop()
     and flush() unless save_to_file=False, and stop() returns the emissions in kg CO2eq.
     carbonmeter's rows keep CodeCarbon's columns; a file with CodeCarbon's own header is
-    renamed aside (see exporter.sinks.emissions_log). `region` (a country here) and
+    renamed aside (see carbonmeter.sinks.emissions_log). `region` (a country here) and
     `country_iso_code` set the grid; `measure_power_secs` how often power sources are read.
     """
 
@@ -284,8 +284,7 @@ class EmissionsTracker:
                             f"'{unknown[0]}'")
         if log_level is not None:
             level = log_level.upper() if isinstance(log_level, str) else log_level
-            for name in ("exporter", "probes"):
-                logging.getLogger(name).setLevel(level)
+            logging.getLogger("carbonmeter").setLevel(level)
         for key in sorted(ignored):
             log.warning("carbonmeter's EmissionsTracker ignores CodeCarbon's %s", key)
         if tracking_mode != "machine":

@@ -1,0 +1,1 @@
+"""Measuring a span of time: `carbonmeter run`, `track()`, CodeCarbon's tracker."""

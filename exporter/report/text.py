@@ -1,0 +1,58 @@
+"""The report as plain text: what the HTML page says, without the charts."""
+
+from __future__ import annotations
+
+from carbonmeter import units
+from carbonmeter.report.equivalents import describe
+from carbonmeter.report.summary import Summary, show_kwh
+
+
+def text(s: Summary, name: str) -> str:
+    out = [f"carbonmeter report: {name}",
+           f"  period        {s.first:%Y-%m-%d %H:%M:%S} to {s.last:%Y-%m-%d %H:%M:%S %Z}",
+           f"  rows          {len(s.rows)} in {s.runs} run(s), {len(s.tasks)} task row(s)",
+           f"  measured for  {units.duration(s.duration_s)}",
+           f"  energy        {show_kwh(s.energy_kwh)} (with PUE: {show_kwh(s.facility_kwh)})",
+           f"  CO2eq         {units.mass(s.emissions_g)}",
+           f"  intensity     {s.intensity.g_per_kwh:g} gCO2eq/kWh ({s.intensity.region}; "
+           f"{s.intensity.source})"]
+    if s.by_kind:
+        out.append("\nby device kind")
+        for k, value in s.by_kind.items():
+            out.append(f"  {k:<10} {show_kwh(value):>12}  {100 * value / s.energy_kwh:5.1f} %"
+                       if s.energy_kwh else f"  {k:<10} {show_kwh(value):>12}")
+    if s.by_device:
+        out.append("\nby device")
+        for dev, d in s.by_device.items():
+            how = "estimated" if d["estimated"] else "measured"
+            out.append(f"  {dev:<14} {d['kind']:<9} {d['source']:<10} {how:<10} "
+                       f"{show_kwh(d['energy_kwh']):>12}")
+    out.append(f"\nover time, per {s.bucket} (UTC)")
+    for t, e, g in s.over_time:
+        out.append(f"  {t:%Y-%m-%d %H:%M}  {show_kwh(e):>12}  {units.mass(g):>10}")
+    out.append("\nthe same energy elsewhere")
+    for e in s.places:
+        r = e.region
+        label = e.role or ""
+        saving = "" if e.role == "configured" else (
+            f"  saves {units.mass(e.saving_g)}" if e.saving_g >= 0
+            else f"  adds {units.mass(-e.saving_g)}")
+        out.append(f"  {label:<10} {r.code:<6} {r.name:<28} {r.g_per_kwh:>7g} g/kWh "
+                   f"{units.mass(e.grams):>10}{saving}")
+    out.append("\nequivalents")
+    for f, n in s.equivalents:
+        many, what = describe(f, n)
+        out.append(f"  {many} {what}  [{f.source}]")
+    if s.tasks:
+        out.append("\ntasks (inside the runs above)")
+        agg: dict[str, list[float]] = {}
+        for t in s.tasks:
+            a = agg.setdefault(t.task, [0, 0.0, 0.0])
+            a[0] += 1
+            a[1] += t.energy_kwh
+            a[2] += t.emissions_g
+        for name_, (n, e, g) in sorted(agg.items(), key=lambda kv: -kv[1][1])[:20]:
+            out.append(f"  {name_:<30} x{int(n):<4} {show_kwh(e):>12}  {units.mass(g):>10}")
+    out.append("\nscope: " + ("whole machine: every process's energy, not only the measured "
+                              "code's"))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,1 @@
+"""The HTTP endpoint: /metrics, /healthz and the landing page, with TLS and basic auth."""
