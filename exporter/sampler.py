@@ -21,8 +21,8 @@ from carbonmeter.accounting import Accounting, EnergyDelta
 from carbonmeter.carbon.intensity import Intensity, IntensitySource
 from carbonmeter.embodied import Embodied
 from carbonmeter.guard import GuardedProbe
-from carbonmeter.probes.base import BESIDE, HOST, Probe, ProbeRead
-from carbonmeter.snapshot import DeviceTotal, ProbeStatus, ProviderStatus, Snapshot
+from carbonmeter.probes.base import HOST, Probe, ProbeRead
+from carbonmeter.snapshot import ProbeStatus, ProviderStatus, Snapshot, host_totals
 
 if TYPE_CHECKING:
     from carbonmeter.attribution import Attributor
@@ -191,6 +191,7 @@ class Sampler:
             providers=self.providers() if self.providers is not None else (),
             embodied=self.embodied.totals() if self.embodied is not None else (),
             attribution=self.attributor.view() if self.attributor is not None else None,
+            metered=self.metered,
         )
 
     def run(self, *, first_now: bool = True) -> None:
@@ -225,20 +226,3 @@ class Sampler:
         return running and time.monotonic() - self.heartbeat < max(3 * self.interval,
                                                                     self.interval + 5)
 
-
-def host_totals(totals: tuple[DeviceTotal, ...], *, metered: bool,
-                ) -> tuple[float, float | None, float]:
-    """The host's energy, power and emissions.
-
-    Without a whole-host meter the host is the sum of its devices: they never overlap (RAPL
-    drops subzones and mirrors, psys replaces package + DRAM, hwmon skips rails inside
-    others). With one (IPMI, Redfish, an ACPI power meter) the meter is the host, and the
-    devices inside it are a breakdown that is not added again; devices beside the host (a
-    declared switch) are added in both cases.
-    """
-    counted = [t for t in totals if t.device.scope in (HOST, BESIDE)] if metered else totals
-    powers = [t.power_w for t in counted if t.power_w is not None]
-    if metered and not any(t.power_w is not None for t in counted if t.device.scope == HOST):
-        powers = []  # the meter is silent: the host's power is unknown, not the switch's
-    return (sum(t.energy_j for t in counted), sum(powers) if powers else None,
-            sum(t.emissions_g for t in counted))

@@ -6,11 +6,12 @@ object, so what they publish is consistent and never waits on hardware.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from carbonmeter.carbon.intensity import Intensity
-from carbonmeter.probes.base import Device
+from carbonmeter.probes.base import BESIDE, HOST, Device
 
 if TYPE_CHECKING:
     from carbonmeter.attribution.view import AttributionView
@@ -69,3 +70,40 @@ class Snapshot:
     providers: tuple[ProviderStatus, ...] = ()
     embodied: tuple[EmbodiedTotal, ...] = ()
     attribution: AttributionView | None = None  # workloads' shares, when attribution is on
+    # A whole-host meter runs (decided once, at discovery): the host totals are that meter
+    # and what is beside the host, not the sum of every device (see `counted`).
+    metered: bool = False
+
+
+class _OnDevice(Protocol):
+    @property
+    def device(self) -> Device: ...
+
+
+T = TypeVar("T", bound=_OnDevice)
+
+
+def counted(rows: Iterable[T], *, metered: bool) -> list[T]:
+    """The rows that make the host total: the host rule, for snapshots and spans alike.
+
+    Without a whole-host meter the host is the sum of its devices: they never overlap (RAPL
+    drops subzones and mirrors, psys replaces package + DRAM, hwmon skips rails inside
+    others). With one (IPMI, Redfish, an ACPI power meter) the meter is the host, and the
+    devices inside it are a breakdown that is not added again; devices beside the host (a
+    declared switch) are added in both cases.
+    """
+    if not metered:
+        return list(rows)
+    return [r for r in rows if r.device.scope in (HOST, BESIDE)]
+
+
+def host_totals(totals: Iterable[DeviceTotal], *, metered: bool,
+                ) -> tuple[float, float | None, float]:
+    """The host's energy, power and emissions. With a meter that was silent this interval,
+    the host's power is unknown (not the power of what is beside it)."""
+    rows = counted(totals, metered=metered)
+    powers = [t.power_w for t in rows if t.power_w is not None]
+    if metered and not any(t.power_w is not None for t in rows if t.device.scope == HOST):
+        powers = []
+    return (sum(t.energy_j for t in rows), sum(powers) if powers else None,
+            sum(t.emissions_g for t in rows))

@@ -24,6 +24,7 @@ import pytest
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.regions import find_region
 from carbonmeter.measure.meter import DeviceUsage, Usage
+from carbonmeter.probes.base import Device
 from carbonmeter.report.summary import read, summarise
 from carbonmeter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
 from tests.fixtures.powercap import two_sockets_with_dram
@@ -38,7 +39,7 @@ def fr_usage(joules: dict[str, float], duration: float, started: float, *, name:
     g = FR.g_per_kwh * 1.5 / 3.6e6  # PUE 1.5
     kinds = {"package-0": ("cpu", "rapl", False), "dram-0": ("dram", "rapl", False),
              "ram": ("ram", "ram_model", True)}
-    devices = tuple(DeviceUsage(d, *kinds[d][:2], "", kinds[d][2], j, j * g)
+    devices = tuple(DeviceUsage(Device(d, *kinds[d][:2], "", kinds[d][2]), j, j * g)
                     for d, j in joules.items())
     return Usage(name, started, duration, devices,
                  Intensity(FR.g_per_kwh, "FR", "bundled", FR.source, FR.year), 1.5, tasks)

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from carbonmeter import snapshot
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.config import Config
-from carbonmeter.probes.base import BESIDE, HOST, PART
+from carbonmeter.probes.base import Device
 from carbonmeter.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -31,14 +32,32 @@ WRAP_GUARD_S = 60.0  # a 65 kJ RAPL DRAM range lasts 60 s only above 1 kW
 
 @dataclass(frozen=True, slots=True)
 class DeviceUsage:
-    id: str
-    kind: str
-    source: str
-    name: str
-    estimated: bool
+    """What one device spent during a span: the device as the sampler knew it, and the
+    difference of its totals."""
+
+    device: Device
     energy_j: float
     emissions_g: float
-    scope: str = PART  # as Device.scope: whether it adds to the host total
+
+    @property
+    def id(self) -> str:
+        return self.device.id
+
+    @property
+    def kind(self) -> str:
+        return self.device.kind
+
+    @property
+    def source(self) -> str:
+        return self.device.source
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    @property
+    def estimated(self) -> bool:
+        return self.device.estimated
 
 
 @dataclass(frozen=True)
@@ -56,14 +75,12 @@ class Usage:
     scope: str = "machine"  # "process tree" when `share` holds the command's part
     share: TreeShare | None = None  # the process tree's part of `energy_j`, when attributed
     scope_reason: str = ""  # why the whole machine is reported, when it is
+    metered: bool = False  # a whole-host meter ran: the host rule (snapshot.counted)
 
     @property
-    def counted(self) -> tuple[DeviceUsage, ...]:
-        """The devices that make the total, by the exporter's host rule: with a whole-host
-        meter, the meter and what is beside the host; else every device (none overlap)."""
-        if any(d.scope == HOST for d in self.devices):
-            return tuple(d for d in self.devices if d.scope in (HOST, BESIDE))
-        return self.devices
+    def counted(self) -> list[DeviceUsage]:
+        """The devices that make the total, by the exporter's host rule."""
+        return snapshot.counted(self.devices, metered=self.metered)
 
     @property
     def energy_j(self) -> float:
@@ -109,13 +126,11 @@ def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usag
     for d in b.devices:
         prev = before.get(d.device.id)
         e0, g0 = (prev.energy_j, prev.emissions_g) if prev is not None else (0.0, 0.0)
-        dev = d.device
-        devices.append(DeviceUsage(dev.id, dev.kind, dev.source, dev.name, dev.estimated,
-                                   d.energy_j - e0, d.emissions_g - g0, dev.scope))
+        devices.append(DeviceUsage(d.device, d.energy_j - e0, d.emissions_g - g0))
     return Usage(name=name, started_unix=a.taken_unix,
                  duration_s=max(0.0, b.taken_monotonic - a.taken_monotonic),
                  devices=tuple(devices), intensity=b.intensity, pue=b.pue, tasks=tasks,
-                 error=error)
+                 error=error, metered=b.metered)
 
 
 class Meter:

@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 from carbonmeter.measure.meter import Usage
-from carbonmeter.probes.base import Device
 from carbonmeter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
 from carbonmeter.snapshot import DeviceTotal, Snapshot
 
@@ -59,11 +58,11 @@ def push_at_exit(usage: Usage, ctx: RowContext, cfg: Any) -> str:
 def usage_snapshot(usage: Usage) -> Snapshot:
     """A span as a snapshot, so it is pushed with the same names and types as `serve`'s."""
     devices = tuple(
-        DeviceTotal(Device(d.id, d.kind, d.source, d.name, d.estimated, scope=d.scope), d.energy_j,
-                    d.emissions_g, d.energy_j / usage.duration_s if usage.duration_s else None)
+        DeviceTotal(d.device, d.energy_j, d.emissions_g,
+                    d.energy_j / usage.duration_s if usage.duration_s else None)
         for d in usage.devices)
     return Snapshot(seq=0, taken_unix=usage.started_unix + usage.duration_s, devices=devices,
                     host_energy_j=usage.energy_j,
                     host_power_w=usage.energy_j / usage.duration_s if usage.duration_s else None,
                     host_emissions_g=usage.emissions_g, intensity=usage.intensity,
-                    pue=usage.pue, probes=())
+                    pue=usage.pue, probes=(), metered=usage.metered)

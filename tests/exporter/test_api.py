@@ -245,10 +245,14 @@ def test_a_whole_host_meter_is_the_span_total_not_added_to_its_parts():
     from carbonmeter.measure.meter import DeviceUsage, Usage
 
     i = Intensity(100.0, "X", "config", "test")
-    parts = (DeviceUsage("package-0", "cpu", "rapl", "", False, 300.0, 3.0),
-             DeviceUsage("bmc", "platform", "ipmi", "", False, 500.0, 5.0, scope="host"),
-             DeviceUsage("switch-1", "other", "declared", "", True, 40.0, 0.4, scope="beside"))
-    u = Usage("", 0.0, 10.0, parts, i, 1.0)
+    from carbonmeter.probes.base import Device
+
+    parts = (DeviceUsage(Device("package-0", "cpu", "rapl"), 300.0, 3.0),
+             DeviceUsage(Device("bmc", "platform", "ipmi", scope="host"), 500.0, 5.0),
+             DeviceUsage(Device("switch-1", "other", "declared", estimated=True,
+                                scope="beside"), 40.0, 0.4))
+    u = Usage("", 0.0, 10.0, parts, i, 1.0, metered=True)
     assert u.energy_j == 540.0 and u.emissions_g == pytest.approx(5.4)
     assert (u.measured_j, u.estimated_j) == (500.0, 40.0)
     assert Usage("", 0.0, 10.0, parts[:1], i, 1.0).energy_j == 300.0
+    assert Usage("", 0.0, 10.0, parts, i, 1.0).energy_j == 840.0  # no meter: every part

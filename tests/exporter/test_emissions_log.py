@@ -21,6 +21,7 @@ import pytest
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.regions import find_region
 from carbonmeter.measure.meter import DeviceUsage, Usage
+from carbonmeter.probes.base import Device
 from carbonmeter.sinks.emissions_log import (
     CODECARBON_COLUMNS,
     COLUMNS,
@@ -39,7 +40,7 @@ def usage(duration: float = 10.0, *, name: str = "", tasks: tuple[Usage, ...] = 
           scale: float = 1.0) -> Usage:
     """package-0 360 J and dram-0 36 J measured, gpu-0 720 J, ram 3.6 J estimated, in FR."""
     g = FR.g_per_kwh * 1.5 / 3.6e6  # grams per joule at PUE 1.5
-    devices = tuple(DeviceUsage(i, k, s, n, est, j * scale, j * scale * g)
+    devices = tuple(DeviceUsage(Device(i, k, s, n, est), j * scale, j * scale * g)
                     for i, k, s, n, est, j in (
         ("package-0", "cpu", "rapl", "Intel Xeon Gold 6226R", False, 360.0),
         ("dram-0", "dram", "rapl", "dram", False, 36.0),

@@ -139,8 +139,9 @@ def test_amd_energy_is_root_only_as_its_driver_makes_it() -> None:
         for d in root.rglob("*"):
             if d.is_dir() and not d.is_symlink():
                 d.chmod(0o755)
-        script = ("import sys\nfrom pathlib import Path\nfrom carbonmeter.probes.base import Paths, "
-                  "ProbeUnavailable\nfrom carbonmeter.probes.amd_energy import AmdEnergyProbe\ntry:\n"
+        script = ("import sys\nfrom pathlib import Path\n"
+                  "from carbonmeter.probes.base import Paths, ProbeUnavailable\n"
+                  "from carbonmeter.probes.amd_energy import AmdEnergyProbe\ntry:\n"
                   "    AmdEnergyProbe(Paths(sysfs=Path(sys.argv[1])))\nexcept ProbeUnavailable"
                   " as e:\n    print(e)\n")
         out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
