@@ -23,10 +23,10 @@ import pytest
 
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.regions import find_region
-from carbonmeter.measure.meter import DeviceUsage, Usage
 from carbonmeter.probes.base import Device
 from carbonmeter.report.summary import read, summarise
 from carbonmeter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
+from carbonmeter.usage import DeviceUsage, Usage
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import chromium, free_port, wait_for
 
@@ -177,7 +177,7 @@ def test_serve_writes_a_row_per_interval_and_the_html_report_renders_in_chromium
     # rows are consecutive intervals: together they hold every joule the fixture counted
     assert sum(float(r["energy_consumed"]) for r in rows) * 3.6e6 == pytest.approx(added,
                                                                                  abs=1e-3)
-    assert all(0.1 < float(r["duration"]) < 1.0 for r in rows[:-1])
+    assert all(0.1 < float(r["duration"]) < 1.0 for r in rows[:-1]), [r["duration"] for r in rows]
     assert {r["run_id"] for r in rows} == {rows[0]["run_id"]}
 
     page = tmp_path / "report.html"
