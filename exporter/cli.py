@@ -122,7 +122,8 @@ def serve(args: argparse.Namespace) -> int:
                       providers=live.statuses if live else None, attributor=attributor,
                       probe_timeout=cfg.sampler.probe_timeout_seconds)
     try:
-        server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive, web)
+        server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive, web,
+                             healthz_auth=cfg.server.healthz_auth)
     except OSError as e:
         log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
         sampler.stop()

@@ -65,6 +65,7 @@ def _limits(**kw: Any) -> dict[str, Any]:
 class Server:
     listen: str = field(**_limits(check="listen"))
     web_config_file: str | None
+    healthz_auth: bool
 
 
 @dataclass(frozen=True)
