@@ -139,7 +139,8 @@ def build(cfg: Config) -> App:
                       providers=live.statuses if live else None, attributor=attributor,
                       probe_timeout=cfg.sampler.probe_timeout_seconds)
     try:
-        endpoint = PrometheusSink(host, port, lambda: sampler.latest, sampler.alive, web)
+        endpoint = PrometheusSink(host, port, lambda: sampler.latest, sampler.alive, web,
+                                  healthz_auth=cfg.server.healthz_auth)
     except OSError:
         sampler.close()
         raise

@@ -99,10 +99,7 @@ def regions(args: argparse.Namespace) -> int:
     if args.provider:
         rows = tuple(r for r in rows if (r.provider or r.kind) == args.provider)
     if args.search:
-        words = args.search.casefold().split()
-        rows = tuple(r for r in rows if all(
-            w in f"{r.code} {r.alpha3} {r.name} {r.kind} {r.provider}".casefold()
-            for w in words))
+        rows = carbon.search(args.search, rows)
     if not rows:
         print("no region matches; `carbonmeter regions` lists them all", file=sys.stderr)
         return 1
@@ -114,8 +111,9 @@ def regions(args: argparse.Namespace) -> int:
         cells = zip(row[:5], widths, strict=True)
         print("  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(cells))
               + "  " + row[5])
-    print(f"\n{len(rows)} regions. Use as carbon.region (country, state, province, zone) "
-          "or carbon.cloud: {provider: P, region: CODE} (cloud).", file=sys.stderr)
+    print(f"\n{len(rows)} region{'' if len(rows) == 1 else 's'}. Use as carbon.region (country, "
+          "state, province, zone) or carbon.cloud: {provider: P, region: CODE} (cloud).",
+          file=sys.stderr)
     return 0
 
 

@@ -40,6 +40,7 @@ class ServerConfig:
 
     listen: str = field(**limits(check="listen"))
     web_config_file: str | None
+    healthz_auth: bool
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ LANDING = """<!doctype html><html><head><meta charset="utf-8"><title>carbonmeter
 
 
 def make_server(host: str, port: int, render: Render, alive: Callable[[], bool],
-                web: WebConfig | None = None) -> HttpServer:
+                web: WebConfig | None = None, *, healthz_auth: bool = False) -> HttpServer:
     """The HTTP endpoint for /metrics, /healthz and /, with TLS and basic auth when `web`
-    says so; call serve_forever() on it (the socket is already bound)."""
+    says so (/healthz without auth unless `healthz_auth`: probes send no credentials);
+    call serve_forever() on it (the socket is already bound)."""
     landing = LANDING.format(version=__version__).encode()
 
     def metrics(req: Request) -> Response:
@@ -46,4 +47,5 @@ def make_server(host: str, port: int, render: Render, alive: Callable[[], bool],
 
     return HttpServer(host, port, {"/metrics": metrics, "/healthz": healthz, "/": index},
                       tls=web.tls if web else None, auth=web.auth() if web else None,
-                      headers=web.headers if web else None)
+                      headers=web.headers if web else None,
+                      public=frozenset() if healthz_auth else frozenset({"/healthz"}))

@@ -184,9 +184,11 @@ class PrometheusSink:
     cursor = "prometheus"
 
     def __init__(self, host: str, port: int, latest: Callable[[], Snapshot],
-                 alive: Callable[[], bool], web: WebConfig | None = None) -> None:
+                 alive: Callable[[], bool], web: WebConfig | None = None, *,
+                 healthz_auth: bool = False) -> None:
         self.renderer = Renderer(latest, self.cursor)
-        self.server = make_server(host, port, self.renderer.render, alive, web)
+        self.server = make_server(host, port, self.renderer.render, alive, web,
+                                  healthz_auth=healthz_auth)
 
     @property
     def port(self) -> int:
