@@ -137,9 +137,9 @@ class _Version(argparse.Action):
     """--version, looked up only when asked (reading package metadata costs 30 ms)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from carbonmeter import __version__
+        from carbonmeter.version import version
 
-        print(f"carbonmeter {__version__}")  # on stdout, as argparse's own version action
+        print(f"carbonmeter {version()}")  # on stdout, as argparse's own version action
         parser.exit()
 
 
