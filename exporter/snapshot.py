@@ -47,6 +47,7 @@ class ProviderStatus:
     value: Intensity | None  # the last good value; None before the first
     age_seconds: float | None  # how old `value` is
     last_error: str = ""
+    value_unix: float | None = None  # when `value` was current (Unix time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ class IdleRow:
     device: str
     kind: str
     watts: float
-    how: str  # "configured", "model" or "lowest seen"
+    how: str  # "configured", "model" or "lowest_seen" (a label value: no spaces)
 
 
 @dataclass(frozen=True, slots=True)
