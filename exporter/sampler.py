@@ -22,7 +22,13 @@ from carbonmeter.carbon.intensity import Intensity, IntensitySource
 from carbonmeter.embodied import Embodied
 from carbonmeter.guard import GuardedProbe
 from carbonmeter.probes.base import HOST, Probe, ProbeRead
-from carbonmeter.snapshot import ProbeStatus, ProviderStatus, Snapshot, host_totals
+from carbonmeter.snapshot import (
+    ProbeStatus,
+    ProviderStatus,
+    Snapshot,
+    host_estimated,
+    host_totals,
+)
 
 if TYPE_CHECKING:
     from carbonmeter.attribution import Attributor
@@ -220,6 +226,7 @@ class Sampler:
             embodied=self.embodied.totals() if self.embodied is not None else (),
             attribution=self.attributor.view() if self.attributor is not None else None,
             metered=self.metered,
+            host_estimated_energy_j=host_estimated(totals, metered=self.metered),
         )
 
     def run(self, *, first_now: bool = True) -> None:

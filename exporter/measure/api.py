@@ -288,8 +288,9 @@ class EmissionsTracker:
         for key in sorted(ignored):
             log.warning("carbonmeter's EmissionsTracker ignores CodeCarbon's %s", key)
         if tracking_mode != "machine":
-            log.warning("tracking_mode=%r: carbonmeter does not attribute energy to "
-                        "processes yet; it measures the whole machine", tracking_mode)
+            log.warning("tracking_mode=%r: carbonmeter's EmissionsTracker measures the whole "
+                        "machine; for a command's own share (its process tree) run it under "
+                        "`carbonmeter run`", tracking_mode)
         if on_csv_write != "append":
             log.warning("on_csv_write=%r: carbonmeter only appends rows", on_csv_write)
         self._tracker = Tracker(

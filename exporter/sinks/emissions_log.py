@@ -102,9 +102,12 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "") -> dict[str, Any]
     """One row for a span, keyed by COLUMNS; numbers as numbers."""
     from carbonmeter.carbon.compare import region_of
 
+    # the figures of what was measured: a command's process tree where `carbonmeter run`
+    # attributed it (tracking_mode "process", as CodeCarbon names a process's row), else the
+    # machine; `devices` stays the machine's breakdown
     kwh: dict[str, float] = {"cpu": 0.0, "gpu": 0.0, "ram": 0.0, "platform": 0.0}
-    for d in usage.devices:
-        kwh[_GROUP.get(d.kind, "platform")] += d.energy_j / 3.6e6
+    for kind, joules in usage.own_energy_by_kind().items():
+        kwh[_GROUP.get(kind, "platform")] += joules / 3.6e6
     hours = usage.duration_s / 3600
 
     def watts(group: str) -> float:
@@ -128,15 +131,16 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "") -> dict[str, Any]
         "run_id": ctx.run_id,
         "experiment_id": ctx.experiment_id,
         "duration": usage.duration_s,
-        "emissions": usage.emissions_kg,
-        "emissions_rate": usage.emissions_kg / usage.duration_s if usage.duration_s else 0.0,
+        "emissions": usage.own_emissions_g / 1000,
+        "emissions_rate": usage.own_emissions_g / 1000 / usage.duration_s
+        if usage.duration_s else 0.0,
         "cpu_power": watts("cpu"),
         "gpu_power": watts("gpu"),
         "ram_power": watts("ram"),
         "cpu_energy": kwh["cpu"],
         "gpu_energy": kwh["gpu"],
         "ram_energy": kwh["ram"],
-        "energy_consumed": usage.energy_kwh,
+        "energy_consumed": usage.own_energy_j / 3.6e6,
         "country_name": country.name if country else "",
         "country_iso_code": country.alpha3 if country else "",
         "region": other.code if other else "",
@@ -152,7 +156,7 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "") -> dict[str, Any]
         "longitude": "",
         "latitude": "",
         "ram_total_size": host["ram_total_size"],
-        "tracking_mode": ctx.tracking_mode,
+        "tracking_mode": "process" if usage.share is not None else ctx.tracking_mode,
         "on_cloud": "Y" if cloud else "N",
         "pue": usage.pue,
         "task_name": task_name,

@@ -83,6 +83,10 @@ class SnapshotCollector:
             "carbonmeter_host_energy_joules", "Energy of the host: the sum of its devices, or "
             "where a whole-host meter runs (IPMI, Redfish) that meter plus devices beside the "
             "host.", s.host_energy_j, unit="joules")
+        yield CounterMetricFamily(
+            "carbonmeter_host_estimated_energy_joules", "The part of the host's energy that "
+            "models estimated (CPU and RAM estimates, declared devices), not sensors.",
+            s.host_estimated_energy_j, unit="joules")
         if s.host_power_w is not None:
             yield GaugeMetricFamily("carbonmeter_host_power_watts", "Mean power of the host "
                                     "over the last interval.", s.host_power_w, unit="watts")
