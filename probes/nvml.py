@@ -77,6 +77,14 @@ _REASONS = {
 _HIDE_ALL = ("", "-1", "NoDevFiles")
 
 
+def _unsigned(value: object, bits: int, what: str) -> int:
+    """An integer as NVML's C API returns it (unsigned long long energy, unsigned int power);
+    ValueError for anything else, which a broken library or binding could hand back."""
+    if type(value) is not int or not 0 <= value < 2**bits:
+        raise ValueError(f"NVML returned {value!r} as its {what}, not a {bits}-bit count")
+    return value
+
+
 def describe_error(err: Exception) -> str:
     """One line for an NVML error, saying what to do about it where that is known."""
     code = getattr(err, "value", None)
@@ -345,11 +353,15 @@ class NvmlProbe:
         for device, handle, uuid, counter in self._active:
             try:
                 if counter:
-                    readings.append(Reading(device, counter_uj=int(energy(handle)) * 1000))
+                    mj = _unsigned(energy(handle), 64, "total energy (mJ)")
+                    readings.append(Reading(device, counter_uj=mj * 1000))
                 else:
-                    readings.append(Reading(device, power_w=power(handle) / 1000.0))
+                    mw = _unsigned(power(handle), 32, "power usage (mW)")
+                    readings.append(Reading(device, power_w=mw / 1000.0))
             except nvml.NVMLError as err:
                 errors.append(f"{device.id} ({uuid}): {describe_error(err)}")
+            except ValueError as err:
+                errors.append(f"{device.id} ({uuid}): {err}")
         return ProbeRead(readings, errors)
 
     def close(self) -> None:
