@@ -198,7 +198,8 @@ class NvmlProbe:
             if mode is None:
                 continue
             device = Device(id=gpu.id, kind="gpu", source="nvml", name=gpu.name, uid=gpu.uuid,
-                            identity=f"{gpu.uuid} driver {driver}")
+                            identity=f"{gpu.uuid} driver {driver}",
+                            max_power_w=self._max_power_w(gpu))
             self.uuids[device.id] = gpu.uuid
             self.modes[device.id] = mode
             self._active.append((device, gpu.handle, gpu.uuid, mode == MODE_COUNTER))
@@ -240,6 +241,16 @@ class NvmlProbe:
         except nvml.NVMLError as err:
             self._skip(gpu, describe_error(err))
         return None
+
+    def _max_power_w(self, gpu: _Gpu) -> float | None:
+        """Twice the highest power limit the board allows, as the bound of what it can draw
+        (a GPU may exceed its limit briefly, never twice over); None where NVML has none."""
+        nvml = self._nvml
+        try:
+            _, top_mw = nvml.nvmlDeviceGetPowerManagementLimitConstraints(gpu.handle)
+        except (AttributeError, nvml.NVMLError):
+            return None
+        return 2 * top_mw / 1000 if isinstance(top_mw, int) and top_mw > 0 else None
 
     def _skip(self, gpu: _Gpu, reason: str) -> None:
         who = f"{gpu.uuid} ({gpu.name})" if gpu.uuid else "(unreadable)"
