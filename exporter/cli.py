@@ -78,6 +78,13 @@ def serve(args: argparse.Namespace) -> int:
         pollers = providers.build(cfg.carbon.providers, cfg.source)
     host, port = parse_listen(cfg.server.listen)
     web = _web_config(cfg)  # a bad certificate or hash stops here, before anything runs
+    try:  # a state file held by another exporter, or that is no file, stops here too
+        store = state.Store.open(cfg.state.path, machine=state.machine_id())
+    except state.StateRefused as e:
+        if e.config:
+            raise cfg.error(ConfigError(str(e))) from None
+        log.error("%s", e)
+        return 1
     probes, reports = discover(cfg)
     for r in reports:
         if r.available:
@@ -127,7 +134,6 @@ def serve(args: argparse.Namespace) -> int:
         log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
         sampler.stop()
         return 1
-    store = state.Store.open(cfg.state.path)
     checkpointer = None
     if store is not None:
         boot = state.boot_id(Path(cfg.paths.procfs))

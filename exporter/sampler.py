@@ -204,8 +204,15 @@ class Sampler:
         """Sample every `interval` seconds until stop(); late samples are not bunched.
         `first_now=False` waits one interval first (the caller has just sampled)."""
         deadline = time.monotonic() + (0.0 if first_now else self.interval)
+        failed = ""
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
-            self.sample()
+            try:
+                self.sample()
+                failed = ""
+            except Exception as e:  # a bug must cost a sample, never the loop (/healthz
+                if repr(e) != failed:  # turns 503 while it lasts: no sample finishes)
+                    log.exception("sampler: a sample failed")
+                failed = repr(e)
             deadline += self.interval
             now = time.monotonic()
             if deadline < now:  # fell behind (a stopped process): skip, don't catch up
