@@ -70,6 +70,9 @@ def serve(args: argparse.Namespace) -> int:
     cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval,
                          "server.web_config_file": args.web_config_file})
     _setup_logging(cfg.log.level)
+    from carbonmeter.server.http import raise_open_files_limit
+
+    raise_open_files_limit()  # connections, probes and checkpoints share the descriptors
     intensity = _intensity(cfg)
     pollers = []
     if cfg.carbon.providers:  # urllib and ssl load only when a provider is configured
