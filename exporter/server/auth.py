@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from carbonmeter.server.webconfig import BasicAuth
 
-WORKERS = 2  # bcrypt releases the GIL: two checks run while the loop serves scrapes
+# bcrypt releases the GIL: checks run beside the loop, on all but one core (two at most),
+# so a flood of guesses never takes the core that serves scrapes.
+WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 QUEUE_DEPTH = 16  # at cost 10 (~70 ms) the last one waiting is answered within ~0.6 s
 
 

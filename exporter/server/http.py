@@ -202,6 +202,9 @@ class HttpServer:
             task = asyncio.create_task(self._connection(sock))
             connections.add(task)
             task.add_done_callback(connections.discard)
+            # sock_accept returns at once while connections wait: let the loop serve the
+            # ones it has (a scrape) between two accepts, not after a burst of a thousand
+            await asyncio.sleep(0)
 
     async def _accept(self, loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, Any]:
         """One connection from the listening socket (tests inject failures here)."""
