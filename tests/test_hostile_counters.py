@@ -30,6 +30,7 @@ from carbonmeter.probes.powergadget import parse_log
 from carbonmeter.probes.powermetrics import sample_energy_mj
 from carbonmeter.probes.rapl import RaplProbe
 from carbonmeter.sampler import Sampler
+from tests.carbon.test_live_intensity import sample_value
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
 from tests.fixtures.hwmon import HwmonTree, amd_energy_chip, xe_card
 from tests.fixtures.powercap import PowercapTree
@@ -37,7 +38,6 @@ from tests.fixtures.powerlog import Load, header, rows
 from tests.fixtures.powermetrics import monterey, sonoma
 from tests.helpers import wait_for
 from tests.test_end_to_end import metrics, start_serve, stop
-from tests.test_live_intensity import sample_value
 
 LOADS = [Load(processor=15.0, ia=8.0, dram=2.5, gt=1.25)]
 C = Static(Intensity(100.0, "X", "config", "test"))

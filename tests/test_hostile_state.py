@@ -22,10 +22,10 @@ import pytest
 
 from carbonmeter import state
 from carbonmeter.state import Store
+from tests.carbon.test_live_intensity import sample_value
 from tests.fixtures.powercap import one_socket
 from tests.helpers import free_port, http_get, wait_for
 from tests.test_end_to_end import metrics, start_serve, stop
-from tests.test_live_intensity import sample_value
 
 PKG = 'carbonmeter_energy_joules_total{device="package-0",kind="cpu",source="rapl"}'
 DEVICE = {

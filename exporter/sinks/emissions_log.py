@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,7 +30,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from carbonmeter.measure.meter import Usage
+from carbonmeter.periodic import Periodic
+from carbonmeter.usage import Usage, usage_between
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,11 @@ def _host() -> dict[str, Any]:
         ram_gb = round(psutil.virtual_memory().total / 1024**3, 3)
     except Exception:  # no psutil support on this platform: leave it empty
         ram_gb = ""
-    from carbonmeter import __version__
+    from carbonmeter.version import version
 
     return {"os": platform.platform(), "python_version": platform.python_version(),
             "cpu_count": os.cpu_count() or "", "ram_total_size": ram_gb,
-            "carbonmeter_version": __version__}
+            "carbonmeter_version": version()}
 
 
 @cache
@@ -295,34 +295,32 @@ def open_log(cfg_log: Any, *, path: str | None = None, fmt: str | None = None) \
     return EmissionsLog(path, fmt or cfg_log.format) if path else None
 
 
-class IntervalWriter:
+class EmissionsLogSink(Periodic):
     """`serve`: one row per sampler snapshot, written by its own thread, never the loop's.
 
     Each row is the difference between the last snapshot written and the newest one, so a
-    snapshot skipped (a slow disk) only makes the next row longer; nothing is lost.
+    snapshot skipped (a slow disk) only makes the next row longer; nothing is lost. At close,
+    the row of what was counted since the last one.
     """
+
+    cursor = None
 
     def __init__(self, log_: EmissionsLog, latest: Callable[[], Any], interval: float,
                  ctx: RowContext) -> None:
+        super().__init__("emissions-log", interval)
         self.log = log_
         self.latest = latest
-        self.interval = interval
         self.ctx = ctx
-        self._stop = threading.Event()
         self._written = latest()
         self._failing = ""
-        self._thread = threading.Thread(target=self._run, name="emissions-log", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self._written = self.latest()  # rows begin at the first sample
+        super().start()
+        log.info("emissions log: one row per interval in %s (%s)", self.log.path,
+                 self.log.format)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.write()
-
-    def write(self) -> None:
-        from carbonmeter.measure.meter import usage_between
-
+    def tick(self) -> None:
         snap = self.latest()
         if snap.seq == self._written.seq:
             return
@@ -339,9 +337,3 @@ class IntervalWriter:
             log.info("emissions log %s: writing again", self.log.path)
             self._failing = ""
         self._written = snap
-
-    def stop(self) -> None:
-        """Stop the thread and write what was counted since the last row."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.write()

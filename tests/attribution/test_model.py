@@ -9,11 +9,11 @@ import pytest
 
 from carbonmeter.attribution.ledger import Ledger
 from carbonmeter.attribution.model import (
-    HOST,
-    OTHER,
-    UNATTRIBUTED,
+    HOST_KEY,
+    OTHER_KEY,
+    UNATTRIBUTED_KEY,
     IdlePower,
-    Usage,
+    WorkloadUsage,
     idle_shares,
     memory_idle_j,
     split,
@@ -28,40 +28,40 @@ def test_dynamic_power_follows_cpu_time_and_the_rest_is_the_hosts():
     parts = split(100.0, 40.0, {A: 3.0, B: 1.0}, 5.0, {})
     assert parts[A] == pytest.approx(60 * 3 / 5)
     assert parts[B] == pytest.approx(60 * 1 / 5)
-    assert parts[HOST] == pytest.approx(60 * 1 / 5)
-    assert parts[UNATTRIBUTED] == pytest.approx(40.0)
+    assert parts[HOST_KEY] == pytest.approx(60 * 1 / 5)
+    assert parts[UNATTRIBUTED_KEY] == pytest.approx(40.0)
     assert math.fsum(parts.values()) == 100.0
 
 
 def test_no_cpu_time_leaves_the_dynamic_part_unattributed():
-    assert split(10.0, 4.0, {}, 0.0, {A: 0.5}) == pytest.approx({A: 2.0, UNATTRIBUTED: 8.0})
+    assert split(10.0, 4.0, {}, 0.0, {A: 0.5}) == pytest.approx({A: 2.0, UNATTRIBUTED_KEY: 8.0})
 
 
 def test_idle_above_energy_is_capped():
     parts = split(10.0, 25.0, {A: 1.0}, 1.0, {A: 1.0})
-    assert parts == pytest.approx({A: 10.0, UNATTRIBUTED: 0.0})
+    assert parts == pytest.approx({A: 10.0, UNATTRIBUTED_KEY: 0.0})
 
 
 def test_idle_policies():
-    u = Usage(requests={A: 2.0, B: 1.0}, ncpu=8, members=[A, B, C])
+    u = WorkloadUsage(requests={A: 2.0, B: 1.0}, ncpu=8, members=[A, B, C])
     assert idle_shares("unattributed", u) == {}
     assert idle_shares("equal", u) == pytest.approx({A: 1 / 3, B: 1 / 3, C: 1 / 3})
     # share of the node's CPUs requested; what nobody requested stays unattributed
     assert idle_shares("requests", u) == pytest.approx({A: 2 / 8, B: 1 / 8})
     parts = split(80.0, 80.0, {}, 0.0, idle_shares("requests", u))
-    assert parts == pytest.approx({A: 20.0, B: 10.0, UNATTRIBUTED: 50.0})
+    assert parts == pytest.approx({A: 20.0, B: 10.0, UNATTRIBUTED_KEY: 50.0})
     # more requested than the node has (Docker's default 1 CPU each): normalised
-    over = Usage(requests={A: 6.0, B: 6.0}, ncpu=4)
+    over = WorkloadUsage(requests={A: 6.0, B: 6.0}, ncpu=4)
     assert idle_shares("requests", over) == pytest.approx({A: 0.5, B: 0.5})
-    assert idle_shares("equal", Usage()) == {}
+    assert idle_shares("equal", WorkloadUsage()) == {}
 
 
 def test_memory_is_shared_by_bytes_and_free_memory_is_idle():
-    u = Usage(memory={A: 2 << 30, B: 1 << 30}, mem_total=16 << 30, mem_free=10 << 30)
+    u = WorkloadUsage(memory={A: 2 << 30, B: 1 << 30}, mem_total=16 << 30, mem_free=10 << 30)
     idle, in_use = memory_idle_j(16.0, u)
     assert in_use == 6 << 30 and idle == pytest.approx(10.0)
     parts = split(16.0, idle, u.memory, in_use, {})
-    assert parts == pytest.approx({A: 2.0, B: 1.0, HOST: 3.0, UNATTRIBUTED: 10.0})
+    assert parts == pytest.approx({A: 2.0, B: 1.0, HOST_KEY: 3.0, UNATTRIBUTED_KEY: 10.0})
 
 
 def test_rounding_never_makes_a_negative_share():
@@ -150,6 +150,7 @@ def test_minimum_energy_and_pending_names_go_to_other():
 
 def test_ended_workloads_stay_until_exported_once_then_retire():
     led = Ledger(top_n=10, min_energy_j=0.0)
+    led.register("scrape")
     a, b = ("pod", "a"), ("pod", "b")
     record(led, {a: ident("a"), b: ident("b")}, {a: credit(3), b: credit(4)})
     # b ends; its last interval's energy still arrives (found through its parent cgroup)
@@ -159,7 +160,7 @@ def test_ended_workloads_stay_until_exported_once_then_retire():
     assert r[("pod", ("ns", "b"), "cpu")].power_w is None  # ended: no power
     record(led, {a: ident("a")}, {a: credit(1)})
     assert ("pod", ("ns", "b"), "cpu") in rows(led)  # nobody exported it yet
-    led.ack(led.interval)
+    led.ack("scrape", led.interval)
     record(led, {a: ident("a")}, {a: credit(1)})
     assert ("pod", ("ns", "b"), "cpu") not in rows(led)
     assert led.hidden()["cpu"][0] == 6
@@ -180,6 +181,7 @@ def test_unexported_ended_workloads_are_dropped_after_an_hour():
 def test_a_new_workload_never_takes_labels_still_shown_for_an_ended_one():
     # PID reuse with the same comm: same labels; the old series is shown until exported
     led = Ledger(top_n=10, min_energy_j=0.0)
+    led.register("scrape")
     old, new = ("process", 7, 100), ("process", 7, 200)
     same = Identity("process", ("7", "sh"))
     record(led, {old: same}, {old: credit(5)})
@@ -187,7 +189,7 @@ def test_a_new_workload_never_takes_labels_still_shown_for_an_ended_one():
     shown = [r for r in led.rows(2) if r.workload == "process"]
     assert [(r.energy_j, r.power_w) for r in shown] == [(5, None)]
     assert rows(led)[("other", ("", ""), "cpu")].energy_j == 2
-    led.ack(led.interval)
+    led.ack("scrape", led.interval)
     record(led, {new: same}, {new: credit(1)})
     shown = [r for r in led.rows(2) if r.workload == "process"]
     assert [(r.energy_j, r.power_w) for r in shown] == [(1, 1)]
@@ -195,7 +197,7 @@ def test_a_new_workload_never_takes_labels_still_shown_for_an_ended_one():
 
 def test_special_rows_exist_from_the_start_for_every_kind():
     led = Ledger(top_n=10, min_energy_j=0.0, host_row=False)
-    record(led, {}, {UNATTRIBUTED: credit(1, "gpu"), OTHER: credit(2, "cpu")})
+    record(led, {}, {UNATTRIBUTED_KEY: credit(1, "gpu"), OTHER_KEY: credit(2, "cpu")})
     r = rows(led)
     assert set(r) == {("other", ("", ""), "gpu"), ("other", ("", ""), "cpu"),
                       ("unattributed", ("", ""), "gpu"), ("unattributed", ("", ""), "cpu")}
