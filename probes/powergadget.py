@@ -278,8 +278,8 @@ def _device(device_id: str) -> Device:
 class PowergadgetConfig:
     """Section `powergadget` (Intel Power Gadget on Windows and Intel Macs)."""
 
-    command: str | None  # None: the installer's default place
-    log: str | None  # a PowerLog CSV to follow instead of running PowerLog
+    command: str | None = field(**limits(check="path"))  # None: the installer's default
+    log: str | None = field(**limits(check="path"))  # a PowerLog CSV to follow instead
     resolution_ms: float = field(**limits(min=50, max=60_000))
 
 

@@ -248,7 +248,7 @@ def _number(value: object) -> bool:
 class PowermetricsConfig:
     """Section `powermetrics` (Apple Silicon)."""
 
-    command: str
+    command: str = field(**limits(check="path"))
     interval_ms: float | None = field(**limits(min=100, max=3_600_000))  # None: the interval
 
 
