@@ -336,6 +336,13 @@ class Store:
             raise
         self._lock_fd = fd
 
+    def close(self) -> None:
+        """Release the lock (the exporter is done with the file; ending the process does it
+        too, however it ends)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def load(self) -> Restored | None:
         """The last checkpoint, or None when there is none or it cannot be trusted (then
         the file is renamed aside and the reason logged)."""

@@ -168,6 +168,18 @@ def test_a_second_exporter_on_the_same_file_refuses_to_start(tmp_path, monkeypat
         assert stop(first) == 0
 
 
+def test_one_file_one_store_until_it_is_closed(tmp_path):
+    """flock belongs to an open file: a second Store on the same file refuses even in the
+    same process, until the first is closed (the checkpointer closes it after the last
+    checkpoint)."""
+    path = tmp_path / "state.json"
+    first = Store.open(str(path))
+    with pytest.raises(state.StateRefused, match=f"PID {os.getpid()}"):
+        Store.open(str(path))
+    first.close()
+    assert Store.open(str(path)) is not None
+
+
 def test_the_lock_is_released_when_the_holder_dies(tmp_path):
     """A SIGKILLed exporter holds nothing: flock ends with the process."""
     path = tmp_path / "state.json"
