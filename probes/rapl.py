@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +52,9 @@ _ZONE = re.compile(r"(intel-rapl(?:-[a-z]+)?):(\d+)(?::(\d+))?")  # "intel-rapl"
 _PACKAGE = re.compile(r"package-(\d+)(-die-\d+)?")
 _PRIMARY = "intel-rapl"  # the MSR interface; others duplicate it where both exist
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.ESTALE)
+# Seconds between two looks for zones registered since (a listdir: as long as reading four
+# zones, so not at every read).
+PICKUP_S = 5.0
 
 
 def _open(path: Path) -> int:
@@ -94,6 +98,7 @@ class RaplProbe(Probe):
         self._base = Path(paths.sysfs) / "class" / "powercap"
         self._psys = psys
         self._listed = set(_listdir(self._base))
+        self._looked = time.monotonic()
         self._unreadable: set[str] = set()  # zones that appeared, could not be read, warned
         zones = _dedupe(self._scan())
         chosen = self._choose(zones, psys)
@@ -183,7 +188,12 @@ class RaplProbe(Probe):
 
     def _pick_up(self) -> None:
         """Zones registered since the last look (a CPU brought online, a driver loaded late)
-        join the probe, chosen by the rules discovery uses; one listdir a read otherwise."""
+        join the probe, chosen by the rules discovery uses; otherwise one listdir every
+        PICKUP_S."""
+        now = time.monotonic()
+        if now - self._looked < PICKUP_S:
+            return
+        self._looked = now
         listed = set(_listdir(self._base))
         if listed <= self._listed:
             self._listed = listed

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from carbonmeter.carbon.intensity import Intensity, Static
+from carbonmeter.probes import rapl as rapl_module
 from carbonmeter.probes.amd_energy import WRAP_32BIT_UJ, AmdEnergyProbe
 from carbonmeter.probes.base import Paths
 from carbonmeter.probes.hwmon import HwmonProbe
@@ -278,8 +279,10 @@ def test_an_honest_wrap_is_still_counted(tmp_path: Path, caplog):
     probe.close()
 
 
-def test_a_zone_that_appears_while_running_is_picked_up(rapl, caplog):
-    """A second package registered after start (a socket's CPUs brought online)."""
+def test_a_zone_that_appears_while_running_is_picked_up(rapl, caplog, monkeypatch):
+    """A second package registered after start (a socket's CPUs brought online), found at
+    the probe's next look (every rapl.PICKUP_S, here every read)."""
+    monkeypatch.setattr(rapl_module, "PICKUP_S", 0.0)
     tree, rig = rapl
     caplog.set_level(logging.INFO)
     spend(tree, rig, 30.0, 1)
