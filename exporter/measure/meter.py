@@ -130,7 +130,26 @@ def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usag
     return Usage(name=name, started_unix=a.taken_unix,
                  duration_s=max(0.0, b.taken_monotonic - a.taken_monotonic),
                  devices=tuple(devices), intensity=b.intensity, pue=b.pue, tasks=tasks,
-                 error=error, metered=b.metered)
+                 error=error, metered=b.metered, **_tree_between(a, b))
+
+
+def _tree_between(a: Snapshot, b: Snapshot) -> dict[str, object]:
+    """The process tree's part of the span, when a process-tree attributor shares the
+    machine's energy (`Meter.attach`): the difference of its cumulative shares."""
+    if b.attribution is None or b.attribution.scope != "tree":
+        return {}
+    from carbonmeter.attribution import TreeShare, process_tree_share
+
+    end = process_tree_share(b)
+    if end is None:
+        return {}
+    begin = process_tree_share(a) if a.attribution is not None else None
+    if begin is None:
+        return {"scope": "process tree", "share": end}
+    kinds = {k: j - begin.by_kind.get(k, 0.0) for k, j in end.by_kind.items()}
+    share = TreeShare(end.energy_j - begin.energy_j, end.emissions_g - begin.emissions_g,
+                      kinds, end.method)
+    return {"scope": "process tree", "share": share}
 
 
 class Meter:
