@@ -335,6 +335,7 @@ class EmissionsTracker:
         s, set_ = _settings(given)
         self._s = s
         self.name = ""  # the Usage's name: the decorated function's, for track_emissions
+        self._error = ""  # the exception that ended a `with` block or a decorated call
         if "log_level" in set_:
             level = s["log_level"]
             logging.getLogger("carbonmeter").setLevel(
@@ -634,7 +635,7 @@ class EmissionsTracker:
         assert self._start is not None
         start, start_load = self._start
         done = [t for t in self._tasks.values() if t.data is not None]
-        usage = usage_between(start, snap, name=self.name,
+        usage = usage_between(start, snap, name=self.name, error=self._error,
                               tasks=tuple(t.data.usage for t in done))  # type: ignore[union-attr]
         total = self._data(usage, load=(start_load, read_load()))
         delta = self._data(usage_between(self._flushed, snap, name=self.name))
@@ -714,6 +715,7 @@ class EmissionsTracker:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._error = exc_type.__name__ if exc_type is not None else ""
         self.stop()
 
 
@@ -754,6 +756,9 @@ def track_emissions(fn: Callable[..., Any] | None = None, /, **keywords: Any) ->
             tracker.start()
             try:
                 return func(*args, **kw)
+            except BaseException as e:
+                tracker._error = type(e).__name__
+                raise
             finally:
                 tracker.stop()
                 measured.last_result = tracker.result  # type: ignore[attr-defined]

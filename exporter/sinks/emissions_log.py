@@ -128,12 +128,40 @@ class RowContext:
 
 @dataclass(frozen=True)
 class Load:
-    """The machine's CPU times and memory at one instant (psutil, as CodeCarbon reads them)."""
+    """The machine's CPU times, memory and GPU use at one instant (psutil and NVML, as
+    CodeCarbon reads them)."""
 
     busy_s: float
     total_s: float
     ram_used_gb: float
     ram_percent: float
+    gpu_percent: float | None = None  # mean over the GPUs; None without NVML
+
+
+_nvml_state: dict[str, Any] = {}  # the pynvml module initialised here, or the one that failed
+
+
+def _gpu_percent() -> float | None:
+    """NVML's utilisation (the share of the last sample period a kernel ran), mean over the
+    GPUs. NVML is initialised once per process and kept."""
+    import sys
+
+    module = sys.modules.get("pynvml")
+    try:
+        if module is None:
+            import pynvml as module
+        if _nvml_state.get("module") is not module:
+            _nvml_state.update(module=module, ok=False)
+            module.nvmlInit()
+            _nvml_state["ok"] = True
+        if not _nvml_state["ok"]:
+            return None
+        n = module.nvmlDeviceGetCount()
+        rates = [module.nvmlDeviceGetUtilizationRates(module.nvmlDeviceGetHandleByIndex(i)).gpu
+                 for i in range(n)]
+    except Exception:  # no driver, no GPU, a GPU that cannot say: not measured
+        return None
+    return sum(rates) / len(rates) if rates else None
 
 
 def read_load() -> Load | None:
@@ -146,7 +174,7 @@ def read_load() -> Load | None:
         return None
     total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
     busy = total - t.idle - getattr(t, "iowait", 0.0)
-    return Load(busy, total, mem.used / 1024**3, mem.percent)
+    return Load(busy, total, mem.used / 1024**3, mem.percent, _gpu_percent())
 
 
 def new_run_id() -> str:
@@ -178,15 +206,19 @@ def _cpu_model() -> str:
     return read_cpuinfo(Path("/proc"))[0]
 
 
-def _utilisation(load: tuple[Load | None, Load | None] | None) -> tuple[float, float, float]:
-    """CPU %, RAM % and RAM GB over a span: the exact CPU mean from the CPU times at its
-    ends, the mean of the two memory readings."""
+def _utilisation(load: tuple[Load | None, Load | None] | None) \
+        -> tuple[float, float, float, float | None]:
+    """CPU %, RAM %, RAM GB and GPU % over a span: the exact CPU mean from the CPU times at
+    its ends, the mean of the two memory and GPU readings."""
     a, b = load or (None, None)
     if a is None or b is None:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, None
     dt = b.total_s - a.total_s
     cpu = min(100.0, max(0.0, (b.busy_s - a.busy_s) / dt * 100)) if dt > 0 else 0.0
-    return cpu, (a.ram_percent + b.ram_percent) / 2, (a.ram_used_gb + b.ram_used_gb) / 2
+    gpu = None
+    if a.gpu_percent is not None and b.gpu_percent is not None:
+        gpu = (a.gpu_percent + b.gpu_percent) / 2
+    return cpu, (a.ram_percent + b.ram_percent) / 2, (a.ram_used_gb + b.ram_used_gb) / 2, gpu
 
 
 def row(usage: Usage, ctx: RowContext, *, task_name: str = "",
@@ -219,7 +251,7 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "",
     where = ctx.location or location_of(region_of(i))
     host = _host()
     ended = usage.started_unix + usage.duration_s
-    cpu_pct, ram_pct, ram_gb = _utilisation(load)
+    cpu_pct, ram_pct, ram_gb, gpu_pct = _utilisation(load)
     return {
         "timestamp": datetime.fromtimestamp(ended).strftime("%Y-%m-%dT%H:%M:%S"),
         "project_name": ctx.project_name,
@@ -253,7 +285,7 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "",
         "ram_total_size": host["ram_total_size"],
         "tracking_mode": ctx.tracking_mode,
         "cpu_utilization_percent": cpu_pct,
-        "gpu_utilization_percent": 0.0 if not gpus else None,  # not sampled for GPUs
+        "gpu_utilization_percent": gpu_pct if gpus else 0.0,
         "ram_utilization_percent": ram_pct,
         "ram_used_gb": ram_gb,
         "on_cloud": where.on_cloud,
