@@ -357,8 +357,8 @@ class EmissionsTracker:
         self.cfg, self._location = self._carbonmeter_config(s, set_, config)
         self.run_id = uuid.uuid4()
         self._ctx = RowContext(s["project_name"], str(self.run_id), str(s["experiment_id"]),
-                               s["tracking_mode"], _number("wue", s["wue"]) or 0.0,
-                               self._location, bool(s["rapl_include_dram"]))
+                               wue=_number("wue", s["wue"]) or 0.0, location=self._location,
+                               dram_in_cpu=bool(s["rapl_include_dram"]))
         self._handlers = self._output_handlers(s)
         self._lock_fd: int | None = None
         self._blocked = not s["allow_multiple_runs"] and not self._take_lock()

@@ -120,7 +120,6 @@ class RowContext:
     project_name: str
     run_id: str
     experiment_id: str = ""
-    tracking_mode: str = "machine"
     wue: float = 0.0  # litres of water per kWh (with PUE), CodeCarbon's WUE
     location: Location | None = None  # None: the place of the intensity in use
     dram_in_cpu: bool = False  # RAPL DRAM reported in cpu_* (CodeCarbon's rapl_include_dram)
@@ -229,7 +228,7 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "",
     group = dict(_GROUP, dram="cpu") if ctx.dram_in_cpu else _GROUP
     pue = usage.pue
     kwh: dict[str, float] = {"cpu": 0.0, "gpu": 0.0, "ram": 0.0, "platform": 0.0}
-    if usage.share is not None:  # the process tree's part of each kind
+    if usage.share is not None:  # the process tree's part of each kind (tracking_mode process)
         for kind, joules in usage.share.by_kind.items():
             kwh[group.get(kind, "platform")] += joules / 3.6e6 * pue
         total_kwh, kg = usage.share.energy_j / 3.6e6 * pue, usage.share.emissions_g / 1000
@@ -283,7 +282,7 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "",
         "longitude": None,
         "latitude": None,
         "ram_total_size": host["ram_total_size"],
-        "tracking_mode": ctx.tracking_mode,
+        "tracking_mode": "process" if usage.share is not None else "machine",
         "cpu_utilization_percent": cpu_pct,
         "gpu_utilization_percent": gpu_pct if gpus else 0.0,
         "ram_utilization_percent": ram_pct,
