@@ -262,10 +262,14 @@ def test_rows_hold_the_same_kinds_of_values_in_the_same_units(runs):
                     parts += kwh
                     if r is cc and name == "task_loop":
                         continue  # CodeCarbon's duration: since the last task began only
-                    # W x s = kWh: exact for carbonmeter's mean power; CodeCarbon's power is
-                    # the mean of its samples, near enough to tell W from kW (1000x)
-                    assert float(r[f"{part}_power"]) * duration / 3.6e6 == pytest.approx(
-                        kwh, rel=0.05 if r is cm else 0.7, abs=1e-9), (name, part, r)
+                    # W x s = kWh: exact for carbonmeter's mean power. CodeCarbon's power is
+                    # the mean of its samples, and a periodic measure that runs while stop()
+                    # measures counts its interval twice: near enough to tell W from kW
+                    from_power = float(r[f"{part}_power"]) * duration / 3.6e6
+                    if r is cm:
+                        assert from_power == pytest.approx(kwh, rel=0.05, abs=1e-9), (name, r)
+                    else:
+                        assert kwh / 3 - 1e-9 <= from_power <= kwh * 3 + 1e-9, (name, part, r)
                 assert float(r["energy_consumed"]) == pytest.approx(parts, rel=1e-9)
                 assert float(r["emissions_rate"]) == pytest.approx(
                     float(r["emissions"]) / duration, rel=1e-6)
@@ -334,6 +338,8 @@ def test_without_a_network_codecarbon_says_so_and_carbonmeter_does_not_try(runs)
 def test_forced_power_intensity_pue_and_wue_give_the_same_arithmetic(runs):
     """force_cpu_power=40, force_ram_power=20, 250 g/kWh, PUE 1.2, WUE 1.5 L/kWh, 2 s.
 
+    measure_power_secs=60 keeps CodeCarbon's periodic measure from running at all: its
+    stop() does not wait for one that is running, and both then count the same interval.
     Each tool times the 2 s itself (a few per cent apart under load), so energies are
     compared per second of each tool's own duration. RAM is forced to a constant in both, so
     it agrees to 2 %. The forced CPU power is a TDP in both, scaled by each tool's load
@@ -344,6 +350,7 @@ def test_forced_power_intensity_pue_and_wue_give_the_same_arithmetic(runs):
     (cc,), (cm,) = runs["forced"]["codecarbon"].rows(), runs["forced"]["carbonmeter"].rows()
     per_s = {}
     for tool, r in (("cc", cc), ("cm", cm)):
+        r = {"tool": tool, **r}  # for the messages
         seconds = float(r["duration"])
         assert 2.0 <= seconds < 4.0, r  # the sleep, and what starting and stopping took
         v = per_s[tool] = {k: float(r[k]) * 3.6e6 / seconds for k in
