@@ -270,7 +270,7 @@ def _gpu_ids(value: Any) -> list[str] | None:
     return [s for s in (str(i).strip() for i in items) if s]
 
 
-def _output_methods(s: dict[str, Any], set_: set[str]) -> set[str]:
+def _output_methods(s: dict[str, Any]) -> set[str]:
     methods = s["output_methods"]
     if methods is not None:
         if isinstance(methods, str):
@@ -350,7 +350,7 @@ class EmissionsTracker:
         for key in sorted(set_ & NO_MEANING.keys()):
             if s[key] != PARAMS[key][0]:
                 log.warning("%s: ignored: %s", key, NO_MEANING[key])
-        self._methods = _output_methods(s, set_)
+        self._methods = _output_methods(s)
         for m in sorted(self._methods & _OUTPUTS_ELSEWHERE.keys()):
             log.warning("output method %s: ignored: %s", m, _OUTPUTS_ELSEWHERE[m])
         self.metadata = self._metadata(s["metadata"])
@@ -392,10 +392,20 @@ class EmissionsTracker:
                 log.error("cloud_provider %s without cloud_region: ignored (give both)",
                           s["cloud_provider"])
             else:
-                place = find_cloud(str(s["cloud_provider"]).lower(), s["cloud_region"])
+                try:
+                    place = find_cloud(str(s["cloud_provider"]).lower(), s["cloud_region"])
+                except config_module.ConfigError as e:
+                    raise config_module.ConfigError(f"cloud_region={s['cloud_region']!r}: "
+                                                    f"{e}") from None
                 o["carbon.cloud"] = {"provider": place.provider, "region": place.code}
         if place is None and (s["country_iso_code"] or s["region"]):
-            country = find_region(s["country_iso_code"]) if s["country_iso_code"] else None
+            country = None
+            if s["country_iso_code"]:
+                try:
+                    country = find_region(s["country_iso_code"])
+                except config_module.ConfigError as e:
+                    raise config_module.ConfigError(
+                        f"country_iso_code={s['country_iso_code']!r}: {e}") from None
             sub = None
             if s["region"]:
                 with contextlib.suppress(config_module.ConfigError):

@@ -340,8 +340,10 @@ def test_bad_values_fail_where_codecarbon_fails(rapl):
         EmissionsTracker(config=cfg, on_csv_write="overwrite")
     with pytest.raises(OSError, match="Folder 'nowhere' doesn't exist"):
         EmissionsTracker(config=cfg, output_dir="nowhere")
-    with pytest.raises(ConfigError, match="unknown gcp region 'mars-north1'"):
+    with pytest.raises(ConfigError, match=r"cloud_region='mars-north1': .*unknown gcp region"):
         EmissionsTracker(config=cfg, cloud_provider="gcp", cloud_region="mars-north1")
+    with pytest.raises(ConfigError, match=r"country_iso_code='XYZ': .*unknown region 'XYZ'"):
+        OfflineEmissionsTracker(config=cfg, country_iso_code="XYZ")
 
 
 def test_allow_multiple_runs_false_lets_one_tracker_measure(rapl, caplog):

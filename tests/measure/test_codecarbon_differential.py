@@ -420,8 +420,17 @@ def codecarbon_interface() -> dict[str, list[str]]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture
+def log_level_kept():
+    """log_level= sets carbonmeter's logger level: put it back after the test."""
+    logger = logging.getLogger("carbonmeter")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
 def test_every_keyword_of_codecarbons_trackers_and_decorator_is_accepted(
-        codecarbon_interface, tmp_path, monkeypatch, caplog):
+        codecarbon_interface, tmp_path, monkeypatch, caplog, log_level_kept):
     import carbonmeter
     from carbonmeter.measure.codecarbon import NO_MEANING
 
