@@ -10,12 +10,24 @@ one puts 50 % load at 21 % of TDP where servers measure about 75 %.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    Device,
+    Paths,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +88,11 @@ def _stat_times(fd: int) -> tuple[int, int]:
     return total - values[3] - values[4], total
 
 
-class CpuModelProbe:
+class CpuModelProbe(Probe):
     """One estimated device for all CPU packages, fed by /proc/stat utilisation."""
 
     name = "cpu_model"
-    may_block = False  # see probes.base.Probe
+    may_block = False  # /proc/stat is the kernel's memory: a read never waits
     covers = frozenset({"cpu"})
 
     def __init__(self, paths: Paths, *, tdp_watts: float | None = None,
@@ -121,3 +133,36 @@ class CpuModelProbe:
 
     def close(self) -> None:
         os.close(self._fd)
+
+    def notes(self) -> tuple[str, ...]:
+        return (f"TDP {self.tdp_watts:g} W ({self.tdp_note})",)
+
+    def idle_watts(self) -> dict[str, float]:
+        return {d.id: estimate_cpu_watts(self.tdp_watts, 0.0) for d in self.devices}
+
+
+@dataclass(frozen=True)
+class CpuConfig:
+    """Section `cpu`: the estimate's inputs where no sensor measures the CPU."""
+
+    tdp_watts: float | None = field(**limits(min=1, max=100_000))  # None: the TDP table
+
+
+@functools.cache  # read once per process: `track()` may discover probes many times
+def tdp_table() -> dict[str, float]:
+    """The bundled TDP table (carbonmeter.bundled/cpu_tdp.csv)."""
+    from importlib import resources
+
+    from carbonmeter.probes.cpu_names import parse_tdp_table
+
+    return parse_tdp_table(
+        resources.files("carbonmeter.bundled").joinpath("cpu_tdp.csv").read_text("utf-8"))
+
+
+def _make(settings: CpuConfig, ctx: ProbeContext) -> CpuModelProbe:
+    tdp = settings.tdp_watts
+    return CpuModelProbe(ctx.paths, tdp_watts=tdp, tdp_table=None if tdp else tdp_table())
+
+
+SPEC = ProbeSpec("cpu_model", order=100, make=_make, section="cpu", settings=CpuConfig,
+                 replaces=frozenset({"cpu"}))

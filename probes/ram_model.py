@@ -7,7 +7,19 @@ and Green Algorithms use, from DDR4 module datasheets).
 
 from __future__ import annotations
 
-from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from dataclasses import dataclass, field
+
+from carbonmeter.probes.base import (
+    Device,
+    Paths,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 
 def installed_gb(meminfo: str) -> float:
@@ -18,9 +30,9 @@ def installed_gb(meminfo: str) -> float:
     raise ValueError("no MemTotal line")
 
 
-class RamModelProbe:
+class RamModelProbe(Probe):
     name = "ram_model"
-    may_block = False  # see probes.base.Probe
+    may_block = False  # nothing is read after start
     covers = frozenset({"dram"})
 
     def __init__(self, paths: Paths, *, watts_per_gb: float) -> None:
@@ -38,3 +50,18 @@ class RamModelProbe:
 
     def close(self) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class RamConfig:
+    """Section `ram`."""
+
+    watts_per_gb: float = field(**limits(min=0, max=100))
+
+
+def _make(settings: RamConfig, ctx: ProbeContext) -> RamModelProbe:
+    return RamModelProbe(ctx.paths, watts_per_gb=settings.watts_per_gb)
+
+
+SPEC = ProbeSpec("ram_model", order=110, make=_make, section="ram", settings=RamConfig,
+                 replaces=frozenset({"dram"}))

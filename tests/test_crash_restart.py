@@ -41,7 +41,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from carbonmeter import state
-from carbonmeter.config import Hardware
+from carbonmeter.config import HardwareConfig
 from carbonmeter.embodied import grams_per_second
 from tests.fixtures.node import FakeNode
 from tests.fixtures.powercap import PowercapTree
@@ -56,7 +56,7 @@ RAM_W = 16 * 0.375  # the RAM estimate: 0.375 W per GiB
 LOSS_BOUND_S = CHECKPOINT + INTERVAL + 0.1  # one checkpoint, one sample, a little slack
 LONG_RUN_S = 0.4  # measured at least this long: losing it all would break the bound
 STEP_J = 90.0  # spent while the exporter is down, before each run (within 1 kW x downtime)
-EMBODIED = Hardware(kg_co2eq=1200, lifetime_years=4)
+EMBODIED = HardwareConfig(kg_co2eq=1200, lifetime_years=4)
 
 
 def metric(text: str, name: str, device: str) -> float | None:

@@ -39,7 +39,7 @@ from carbonmeter.measure.codecarbon import (
     OutputMethod,
     track_emissions,
 )
-from carbonmeter.measure.meter import Usage, usage_between
+from carbonmeter.usage import Usage, usage_between
 
 log = logging.getLogger(__name__)
 

@@ -288,6 +288,13 @@ def _output_methods(s: dict[str, Any]) -> set[str]:
     return {m for m, flag in flags.items() if s[flag]}
 
 
+def _with_section(cfg: Any, name: str, **changes: Any) -> Any:
+    """The configuration with some keys of a probe's section changed (values checked here,
+    not by the section's limits: a forced power may be 0 W)."""
+    section = dataclasses.replace(cfg.section(name), **changes)
+    return dataclasses.replace(cfg, probe_sections={**cfg.probe_sections, name: section})
+
+
 def _number(name: str, value: Any) -> float | None:
     """A forced figure: a finite number >= 0, else None with CodeCarbon's warning."""
     if value is None:
@@ -443,14 +450,13 @@ class EmissionsTracker:
         cpu_w = _number("force_cpu_power", s["force_cpu_power"])
         default_w = _number("default_cpu_power", s["default_cpu_power"])
         if cpu_w is None and default_w is not None:
-            from carbonmeter.discovery import _tdp_table
-            from carbonmeter.probes.cpu_model import read_cpuinfo
+            from carbonmeter.probes.cpu_model import read_cpuinfo, tdp_table
             from carbonmeter.probes.cpu_names import lookup_tdp
 
             model = read_cpuinfo(Path(cfg.paths.procfs))[0]
-            cpu_w = None if model and lookup_tdp(model, _tdp_table()) else default_w
+            cpu_w = None if model and lookup_tdp(model, tdp_table()) else default_w
         if cpu_w is not None:
-            cfg = dataclasses.replace(cfg, cpu=dataclasses.replace(cfg.cpu, tdp_watts=cpu_w))
+            cfg = _with_section(cfg, "cpu", tdp_watts=cpu_w)
         ram_w = _number("force_ram_power", s["force_ram_power"])
         if ram_w is not None:
             from carbonmeter.probes.ram_model import installed_gb
@@ -460,8 +466,7 @@ class EmissionsTracker:
             except (OSError, ValueError) as e:
                 log.warning("force_ram_power: cannot read MemTotal (%s): ignored", e)
             else:
-                cfg = dataclasses.replace(cfg, ram=dataclasses.replace(
-                    cfg.ram, watts_per_gb=ram_w / gb if gb > 0 else 0.0))
+                cfg = _with_section(cfg, "ram", watts_per_gb=ram_w / gb if gb > 0 else 0.0)
         return cfg
 
     def _output_handlers(self, s: dict[str, Any]) -> list[Any]:
@@ -587,7 +592,7 @@ class EmissionsTracker:
             return self._end_task(task, self._meter.read())
 
     def _end_task(self, task: _Task, snap: Any) -> EmissionsData:
-        from carbonmeter.measure.meter import usage_between
+        from carbonmeter.usage import usage_between
 
         usage = usage_between(task.snap, snap, name=task.name)
         task.data = self._data(usage, task_name=task.name, load=(task.load, read_load()))
@@ -638,9 +643,9 @@ class EmissionsTracker:
     def _emit(self, snap: Any) -> EmissionsData:
         """CodeCarbon's outputs for the run so far: the CSV row (the run's total), the task
         file, the logger, the Pushgateway and the caller's output handlers."""
-        from carbonmeter.measure.meter import usage_between
         from carbonmeter.measure.publish import push_at_exit
         from carbonmeter.sinks.emissions_log import open_log, write_task_file
+        from carbonmeter.usage import usage_between
 
         assert self._start is not None
         start, start_load = self._start

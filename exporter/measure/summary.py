@@ -11,7 +11,7 @@ from typing import Any
 
 from carbonmeter import units
 from carbonmeter.carbon.compare import Elsewhere, greenest
-from carbonmeter.measure.meter import Usage
+from carbonmeter.usage import Usage
 
 SCHEMA = "carbonmeter.run/1"
 SCOPE_NOTE = ("whole machine: every process's energy is counted, not only the command's "

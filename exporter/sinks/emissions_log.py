@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from carbonmeter.measure.meter import Usage
+from carbonmeter.periodic import Periodic
+from carbonmeter.usage import Usage, usage_between
 
 log = logging.getLogger(__name__)
 
@@ -516,35 +516,33 @@ def open_log(cfg_log: Any, *, path: str | None = None, fmt: str | None = None) \
     return EmissionsLog(path, fmt or cfg_log.format) if path else None
 
 
-class IntervalWriter:
+class EmissionsLogSink(Periodic):
     """`serve`: one row per sampler snapshot, written by its own thread, never the loop's.
 
     Each row is the difference between the last snapshot written and the newest one, so a
-    snapshot skipped (a slow disk) only makes the next row longer; nothing is lost.
+    snapshot skipped (a slow disk) only makes the next row longer; nothing is lost. At close,
+    the row of what was counted since the last one.
     """
+
+    cursor = None
 
     def __init__(self, log_: EmissionsLog, latest: Callable[[], Any], interval: float,
                  ctx: RowContext) -> None:
+        super().__init__("emissions-log", interval)
         self.log = log_
         self.latest = latest
-        self.interval = interval
         self.ctx = ctx
-        self._stop = threading.Event()
         self._written = latest()
         self._load = read_load()  # the machine's CPU times and memory at the last row
         self._failing = ""
-        self._thread = threading.Thread(target=self._run, name="emissions-log", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self._written, self._load = self.latest(), read_load()  # rows begin at the first sample
+        super().start()
+        log.info("emissions log: one row per interval in %s (%s)", self.log.path,
+                 self.log.format)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.write()
-
-    def write(self) -> None:
-        from carbonmeter.measure.meter import usage_between
-
+    def tick(self) -> None:
         snap = self.latest()
         if snap.seq == self._written.seq:
             return
@@ -563,9 +561,3 @@ class IntervalWriter:
             log.info("emissions log %s: writing again", self.log.path)
             self._failing = ""
         self._written, self._load = snap, load
-
-    def stop(self) -> None:
-        """Stop the thread and write what was counted since the last row."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.write()

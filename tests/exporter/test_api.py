@@ -250,7 +250,7 @@ def test_importing_exporter_loads_nothing_heavy():
 def test_a_whole_host_meter_is_the_span_total_not_added_to_its_parts():
     """The same host rule as the exporter: an IPMI/Redfish meter is the host; the parts
     inside it are a breakdown; a declared switch beside the host is added."""
-    from carbonmeter.measure.meter import DeviceUsage, Usage
+    from carbonmeter.usage import DeviceUsage, Usage
 
     i = Intensity(100.0, "X", "config", "test")
     from carbonmeter.probes.base import Device

@@ -21,7 +21,6 @@ import pytest
 
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.regions import find_region
-from carbonmeter.measure.meter import DeviceUsage, Usage
 from carbonmeter.probes.base import Device
 from carbonmeter.sinks.emissions_log import (
     CODECARBON_COLUMNS,
@@ -36,6 +35,7 @@ from carbonmeter.sinks.emissions_log import (
     rows_for,
     write_task_file,
 )
+from carbonmeter.usage import DeviceUsage, Usage
 
 ROOT = Path(__file__).resolve().parents[2]
 FR = find_region("FR")

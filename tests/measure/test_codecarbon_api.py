@@ -194,11 +194,11 @@ def test_rapl_include_dram_reports_dram_with_the_cpu(tmp_path, monkeypatch):
 def test_forced_cpu_and_ram_power_replace_the_estimates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tracker = EmissionsTracker(force_cpu_power=50, force_ram_power=7, save_to_file=False)
-    assert tracker.cfg.cpu.tdp_watts == 50
+    assert tracker.cfg.section("cpu").tdp_watts == 50
     from carbonmeter.probes.ram_model import installed_gb
 
     gb = installed_gb(Path("/proc/meminfo").read_text())
-    assert tracker.cfg.ram.watts_per_gb * gb == pytest.approx(7)
+    assert tracker.cfg.section("ram").watts_per_gb * gb == pytest.approx(7)
 
 
 def test_a_measured_cpu_wins_over_a_forced_power_and_says_so(rapl, caplog):
@@ -219,17 +219,17 @@ def test_default_cpu_power_is_used_only_for_a_cpu_not_in_the_table(tmp_path, mon
         (d / "cpuinfo").write_text(f"processor\t: 0\nmodel name\t: {model}\nphysical id\t: 0\n")
         (d / "c.yaml").write_text(f"paths: {{procfs: {d}}}\n")
     assert EmissionsTracker(config=known / "c.yaml", default_cpu_power=33,
-                            save_to_file=False).cfg.cpu.tdp_watts is None
+                            save_to_file=False).cfg.section("cpu").tdp_watts is None
     assert EmissionsTracker(config=unknown / "c.yaml", default_cpu_power=33,
-                            save_to_file=False).cfg.cpu.tdp_watts == 33
+                            save_to_file=False).cfg.section("cpu").tdp_watts == 33
 
 
 def test_gpu_ids_from_the_keyword_or_cuda_visible_devices(rapl, monkeypatch):
     _, cfg = rapl
-    assert EmissionsTracker(config=cfg, gpu_ids=[0, "GPU-8a1b"]).cfg.gpu.devices == \
+    assert EmissionsTracker(config=cfg, gpu_ids=[0, "GPU-8a1b"]).cfg.section("gpu").devices == \
         ["0", "GPU-8a1b"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
-    assert EmissionsTracker(config=cfg).cfg.gpu.devices == ["1", "2"]
+    assert EmissionsTracker(config=cfg).cfg.section("gpu").devices == ["1", "2"]
 
 
 # -- outputs ----------------------------------------------------------------------------------
