@@ -15,12 +15,9 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        try:
-            from importlib.metadata import version
+        from carbonmeter.version import version
 
-            value = version("carbonmeter")
-        except Exception:  # running from a checkout that was never installed
-            value = "0.0.0+unknown"
+        value = version()
         globals()[name] = value
         return value
     if name in _API:

@@ -191,11 +191,11 @@ def _host() -> dict[str, Any]:
         ram_gb: Any = psutil.virtual_memory().total / 1024**3
     except Exception:  # no psutil support on this platform: leave it empty
         ram_gb = None
-    from carbonmeter import __version__
+    from carbonmeter.version import version
 
     return {"os": platform.platform(), "python_version": platform.python_version(),
             "cpu_count": os.cpu_count() or None, "ram_total_size": ram_gb,
-            "carbonmeter_version": __version__}
+            "carbonmeter_version": version()}
 
 
 @cache

@@ -238,7 +238,7 @@ def test_a_torn_last_row_is_cut_before_the_next_append(tmp_path):
 WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from tests.exporter.test_emissions_log import usage, CTX
+from tests.sinks.test_emissions_log import usage, CTX
 from carbonmeter.sinks.emissions_log import EmissionsLog, row
 log = EmissionsLog(sys.argv[1])
 r = row(usage(), CTX)
