@@ -125,15 +125,12 @@ def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usag
 def _tree_between(a: Snapshot, b: Snapshot) -> dict[str, object]:
     """The process tree's part of the span, when a process-tree attributor shares the
     machine's energy (`Meter.attach`): the difference of its cumulative shares."""
-    if b.attribution is None or b.attribution.scope != "tree":
-        return {}
-    from carbonmeter.attribution import process_tree_share
-    from carbonmeter.attribution.view import TreeShare
+    from carbonmeter.attribution.view import TreeShare, tree_share
 
-    end = process_tree_share(b)
+    end = tree_share(b.attribution)
     if end is None:
         return {}
-    begin = process_tree_share(a) if a.attribution is not None else None
+    begin = tree_share(a.attribution)
     if begin is None:
         return {"scope": "process tree", "share": end}
     kinds = {k: j - begin.by_kind.get(k, 0.0) for k, j in end.by_kind.items()}
