@@ -25,6 +25,7 @@ from carbonmeter.probes.base import Device
 from carbonmeter.sinks.emissions_log import (
     CODECARBON_COLUMNS,
     COLUMNS,
+    OWN_COLUMNS,
     TASK_COLUMNS,
     EmissionsLog,
     Load,
@@ -221,7 +222,8 @@ def test_the_task_file_drops_columns_empty_in_every_row_as_codecarbon_does(tmp_p
     columns = list(rows[0])
     assert columns[:len(TASK_COLUMNS) - 3] == [
         c for c in TASK_COLUMNS if c not in ("region", "longitude", "latitude")]
-    assert "experiment_id" not in columns and columns[-1] == "carbonmeter_version"
+    assert "experiment_id" not in columns
+    assert columns[len(TASK_COLUMNS) - 3:] == [c for c in OWN_COLUMNS if c != "task_name"]
 
 
 def test_a_torn_last_row_is_cut_before_the_next_append(tmp_path):
