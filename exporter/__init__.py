@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 _API = ("track", "track_emissions", "EmissionsTracker", "OfflineEmissionsTracker", "Tracker",
-        "Usage")
+        "Usage", "EmissionsData", "LoggerOutput", "OutputMethod")
 __all__ = ["__version__", *_API]
 
 

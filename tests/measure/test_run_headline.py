@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -114,14 +113,3 @@ def test_a_sigkilled_run_leaves_no_command_behind(estimated, tmp_path):
     finally:
         if not gone():
             child.kill()
-
-
-def test_the_api_warning_points_to_run_for_a_process_share(tmp_path, caplog):
-    from carbonmeter import EmissionsTracker
-
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("probes: {disabled: [rapl, nvml]}\n")
-    with caplog.at_level(logging.WARNING):
-        EmissionsTracker(config=str(cfg), tracking_mode="process", save_to_file=False)
-    assert "measures the whole machine" in caplog.text
-    assert "carbonmeter run" in caplog.text and "yet" not in caplog.text
