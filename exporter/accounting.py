@@ -234,6 +234,18 @@ class Accounting:
             tr.power_w = None
             tr.gap = True
 
+    def unmeasured(self, device_ids: Iterable[str], t: float, wall: float) -> None:
+        """Devices no running probe reads (restored, their probe unavailable now): the time
+        since each was last accounted is unmeasured. Their old counter can prove nothing
+        once that time is counted, so it is forgotten."""
+        for device_id in device_ids:
+            tr = self._tracks.get(device_id)
+            if tr is None:
+                continue
+            if tr.t is not None and t > tr.t:
+                tr.unmeasured_s += t - tr.t
+            tr.t, tr.wall, tr.counter, tr.power, tr.power_w = t, wall, None, None, None
+
     def integrates_power(self) -> bool:
         """True when some device reports power, whose energy depends on how often it is read."""
         return any(t.power is not None for t in self._tracks.values())

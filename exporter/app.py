@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from carbonmeter import state
 from carbonmeter.config import Config, ConfigError, parse_listen
-from carbonmeter.discovery import discover
+from carbonmeter.discovery import discover, unavailable
 from carbonmeter.sampler import Sampler
 from carbonmeter.sinks.prometheus import PrometheusSink
 
@@ -174,7 +174,8 @@ def build(cfg: Config) -> App:
     sampler = Sampler(probes, live or static, pue=cfg.carbon.pue,
                       interval=cfg.sampler.interval_seconds, embodied=embodied,
                       providers=live.statuses if live else None, attributor=attributor,
-                      probe_timeout=cfg.sampler.probe_timeout_seconds)
+                      probe_timeout=cfg.sampler.probe_timeout_seconds,
+                      unavailable=unavailable(reports))
     try:
         endpoint = PrometheusSink(host, port, lambda: sampler.latest, sampler.alive, web,
                                   healthz_auth=cfg.server.healthz_auth)

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("carbonmeter run: no command given; usage: carbonmeter run [--config FILE] "
-              "[--interval S] [--output FILE] [--json] -- CMD ARGS...", file=sys.stderr)
+              "[--interval S] [--output FILE] [--json] [--json-file FILE] -- CMD ARGS...",
+              file=sys.stderr)
         return 2
     if args.interval is not None and not 0.01 <= args.interval <= 3600:
         print(f"carbonmeter run: --interval {args.interval:g} is out of range from 0.01 to "
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # The command's own output shares our stderr: say only what went wrong, and the summary.
     _setup_logging("debug" if cfg.log.level == "debug" else "warning")
     return run_command(cfg, command, interval=args.interval, output=args.output,
-                       as_json=args.json)
+                       as_json=args.json, json_file=args.json_file)
 
 
 def report(args: argparse.Namespace) -> int:
@@ -125,13 +126,15 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run a command and print the energy and CO2eq it cost",
                        description="Run CMD as `time` does and print, on stderr, the energy "
-                       "and CO2eq spent while it ran (the whole machine's).")
+                       "and CO2eq it cost: its process tree's share, and the whole machine's "
+                       "beside it.")
     s.add_argument("--config", metavar="FILE", help="YAML configuration (default: built in)")
     s.add_argument("--interval", metavar="SECONDS", type=float,
                    help="how often power sources are read while CMD runs (default 1); "
                    "energy counters are read at start and end")
     s.add_argument("--output", metavar="FILE", help="write the summary to FILE, not stderr")
     s.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    s.add_argument("--json-file", metavar="FILE", help="also write the JSON object to FILE")
     s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
     s.set_defaults(func=run)
 

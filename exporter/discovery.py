@@ -39,6 +39,9 @@ class ProbeReport:
     reason: str = ""  # why not, or the notes on how it measures, in one line
     devices: tuple[str, ...] = field(default_factory=tuple)
     notes: tuple[str, ...] = field(default_factory=tuple)  # how it measures, one per line
+    # not run by choice (probes.disabled) or because another source measures its devices;
+    # False for a probe that could not run here (then `reason` says why)
+    stood_down: bool = False
 
 
 def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
@@ -49,12 +52,14 @@ def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
     measured: dict[str, str] = {}  # kind of device (or "host") -> the probe that measures it
     for spec in registry():
         if spec.name in cfg.probes.disabled:
-            reports.append(ProbeReport(spec.name, False, "disabled in probes.disabled"))
+            reports.append(ProbeReport(spec.name, False, "disabled in probes.disabled",
+                                       stood_down=True))
             continue
         taken = [k for k in sorted(spec.replaces) if k in measured]
         if taken:
             reports.append(ProbeReport(spec.name, False, "not needed: " + "; ".join(
-                f"{MEASURED.get(k, k)} is measured by {measured[k]}" for k in taken)))
+                f"{MEASURED.get(k, k)} is measured by {measured[k]}" for k in taken),
+                stood_down=True))
             continue
         settings = cfg.section(spec.section) if spec.section else None
         context = ProbeContext(paths, cfg.sampler.interval_seconds, dict(measured))
@@ -72,6 +77,11 @@ def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
         reports.append(ProbeReport(spec.name, True, "; ".join(notes),
                                    tuple(_device_line(d) for d in probe.devices), notes))
     return probes, reports
+
+
+def unavailable(reports: list[ProbeReport]) -> dict[str, str]:
+    """Probe name -> why it could not run here (not those that stood down)."""
+    return {r.name: r.reason for r in reports if not r.available and not r.stood_down}
 
 
 def _device_line(d: Device) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from carbonmeter import state
@@ -22,7 +22,13 @@ from carbonmeter.carbon.intensity import Intensity, IntensitySource
 from carbonmeter.embodied import Embodied
 from carbonmeter.guard import GuardedProbe
 from carbonmeter.probes.base import HOST, Probe, ProbeRead
-from carbonmeter.snapshot import ProbeStatus, ProviderStatus, Snapshot, host_totals
+from carbonmeter.snapshot import (
+    ProbeStatus,
+    ProviderStatus,
+    Snapshot,
+    host_estimated,
+    host_totals,
+)
 
 if TYPE_CHECKING:
     from carbonmeter.attribution import Attributor
@@ -39,8 +45,13 @@ class Sampler:
                  interval: float, embodied: Embodied | None = None,
                  providers: Callable[[], tuple[ProviderStatus, ...]] | None = None,
                  attributor: Attributor | None = None, probe_timeout: float | None = 2.0,
+                 unavailable: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = state.clock) -> None:
         self.probes = probes
+        # probe -> why it cannot run here: where a checkpoint holds devices it measured, it
+        # is exported as down with that reason and their time counts as unmeasured
+        self.unavailable = dict(unavailable or {})
+        self._orphans: dict[str, list[str]] = {}  # such a probe -> its restored device ids
         self.attributor = attributor  # shares each interval's energy among workloads
         self.intensity = intensity
         self.interval = interval
@@ -85,6 +96,7 @@ class Sampler:
                 self.attributor.restore(restored.attribution, same_boot=same_boot)
             if self.embodied is not None:
                 self.embodied.restore(restored.embodied)
+            self._orphans = self._restored_orphans(restored.devices)
             self.latest = self._publish(self.latest.intensity)
         what = f"{len(restored.devices)} device(s)"
         if self.attributor is not None and restored.attribution is not None:
@@ -94,6 +106,21 @@ class Sampler:
         log.info("state: restored the totals of %s, checkpointed %.1f s ago%s", what,
                  max(0.0, time.time() - restored.written_unix),
                  "" if same_boot else " before a reboot: time since then is unmeasured")
+
+    def _restored_orphans(self, devices: list[dict[str, Any]]) -> dict[str, list[str]]:
+        """Restored devices of probes that cannot run now, by probe; each probe said once."""
+        read = {d.id for p in self.probes for d in p.devices}
+        running = {p.name for p in self.probes}
+        out: dict[str, list[str]] = {}
+        for d in devices:
+            if d["source"] in self.unavailable and d["source"] not in running and \
+                    d["id"] not in read:
+                out.setdefault(d["source"], []).append(d["id"])
+        for name, ids in out.items():
+            log.warning("probe %s: cannot run here (%s), but the state file holds %d device(s) "
+                        "it measured (%s): exported as down, their time counted as unmeasured",
+                        name, self.unavailable[name], len(ids), ", ".join(ids))
+        return out
 
     def export(self) -> dict[str, Any]:
         """A checkpoint: per-device tracks, and the workload ledger and embodied totals where
@@ -154,6 +181,9 @@ class Sampler:
             for device_id in self._seen - read_now:
                 self.accounting.lost(device_id)
             self._seen = read_now
+            if self._orphans:
+                self.accounting.unmeasured((i for ids in self._orphans.values() for i in ids),
+                                           self.clock(), time.time())
             if self.embodied is not None:
                 self.embodied.advance(time.monotonic())
             if self.attributor is not None:
@@ -194,12 +224,15 @@ class Sampler:
             host_emissions_g=emissions,
             intensity=intensity,
             pue=self.accounting.pue,
-            probes=tuple(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
-                                     self._last_error[p.name]) for p in self.probes),
+            probes=(*(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
+                                  self._last_error[p.name]) for p in self.probes),
+                    *(ProbeStatus(name, False, 0, self.unavailable[name])
+                      for name in self._orphans)),
             providers=self.providers() if self.providers is not None else (),
             embodied=self.embodied.totals() if self.embodied is not None else (),
             attribution=self.attributor.view() if self.attributor is not None else None,
             metered=self.metered,
+            host_estimated_energy_j=host_estimated(totals, metered=self.metered),
         )
 
     def run(self, *, first_now: bool = True) -> None:

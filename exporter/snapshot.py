@@ -47,6 +47,7 @@ class ProviderStatus:
     value: Intensity | None  # the last good value; None before the first
     age_seconds: float | None  # how old `value` is
     last_error: str = ""
+    value_unix: float | None = None  # when `value` was current (Unix time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,9 @@ class Snapshot:
     # A whole-host meter runs (decided once, at discovery): the host totals are that meter
     # and what is beside the host, not the sum of every device (see `counted`).
     metered: bool = False
+    # the part of host_energy_j that models estimated (estimated devices among those
+    # counted), so the host series say how much of them is not measured
+    host_estimated_energy_j: float = 0.0
 
 
 class _OnDevice(Protocol):
@@ -95,6 +99,11 @@ def counted(rows: Iterable[T], *, metered: bool) -> list[T]:
     if not metered:
         return list(rows)
     return [r for r in rows if r.device.scope in (HOST, BESIDE)]
+
+
+def host_estimated(totals: Iterable[DeviceTotal], *, metered: bool) -> float:
+    """The estimated part of the host's energy: the estimated devices among those counted."""
+    return sum((t.energy_j for t in counted(totals, metered=metered) if t.device.estimated), 0.0)
 
 
 def host_totals(totals: Iterable[DeviceTotal], *, metered: bool,

@@ -98,6 +98,20 @@ class Usage:
             out[d.kind] = out.get(d.kind, 0.0) + d.energy_j
         return out
 
+    # What `carbonmeter run` puts first, in its summary and its log row: the command's
+    # process tree where it was attributed (what a user of `time` expects), else the machine.
+
+    @property
+    def own_energy_j(self) -> float:
+        return self.share.energy_j if self.share is not None else self.energy_j
+
+    @property
+    def own_emissions_g(self) -> float:
+        return self.share.emissions_g if self.share is not None else self.emissions_g
+
+    def own_energy_by_kind(self) -> dict[str, float]:
+        return dict(self.share.by_kind) if self.share is not None else self.energy_by_kind()
+
     @property
     def measured_j(self) -> float:
         return sum((d.energy_j for d in self.counted if not d.estimated), 0.0)

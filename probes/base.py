@@ -61,6 +61,9 @@ class Device:
     # shorter than wrap_uj / max_power_w provably holds at most one wrap. None: the
     # exporter assumes a conservative bound (carbonmeter.accounting.DEFAULT_MAX_POWER_W).
     max_power_w: float | None = None
+    # The id of the device this one sits in (a RAPL DRAM zone: its package), for
+    # OpenTelemetry's hw.parent; topology only: a parent's energy need not include it.
+    parent: str = ""
 
 
 @dataclass(frozen=True, slots=True)

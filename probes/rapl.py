@@ -334,10 +334,11 @@ def _device(z: _Zone, model: str, top_drams: list[_Zone]) -> Device:
         return Device("psys", "platform", "rapl", name="psys", **common)
     if z.name == "dram":
         if z.parent is None:  # a top-level dram zone: the k-th belongs to package k
-            dram_id = f"dram-{top_drams.index(z)}"
-        else:  # "package-0" -> "dram-0", "package-0-die-1" -> "dram-0-die-1"
-            dram_id = "dram" + z.parent.name.removeprefix("package")
-        return Device(dram_id, "dram", "rapl", name="dram", **common)
+            return Device(f"dram-{top_drams.index(z)}", "dram", "rapl", name="dram", **common)
+        # a subzone of its package, as the kernel nests it: "package-0" -> "dram-0",
+        # "package-0-die-1" -> "dram-0-die-1"
+        return Device("dram" + z.parent.name.removeprefix("package"), "dram", "rapl",
+                      name="dram", parent=z.parent.name, **common)
     return Device(z.name, "cpu", "rapl", name=model or z.name, **common)
 
 

@@ -79,7 +79,7 @@ def test_configured_devices_and_errors(tmp_path):
 def test_exported_with_provider_metrics_and_promtool_clean():
     e = Embodied({"host": HardwareConfig(1200, 4)})
     marginal = Intensity(394.85, "CAISO_NORTH", "watttime", "test", signal="marginal")
-    statuses = (ProviderStatus("watttime", True, 2, marginal, 12.5),
+    statuses = (ProviderStatus("watttime", True, 2, marginal, 12.5, value_unix=1.7e9),
                 ProviderStatus("electricitymaps", False, 3, None, None, "HTTP 500"))
     s = Sampler([], Static(Intensity(56.0, "FR", "bundled", "t")), pue=1.0, interval=3600,
                 embodied=e, providers=lambda: statuses)
@@ -95,13 +95,13 @@ def test_exported_with_provider_metrics_and_promtool_clean():
         '# TYPE carbonmeter_embodied_emissions_grams_total counter',
         'carbonmeter_carbon_intensity_provider_up{provider="watttime"} 1.0',
         'carbonmeter_carbon_intensity_provider_up{provider="electricitymaps"} 0.0',
-        'carbonmeter_carbon_intensity_age_seconds{provider="watttime"} 12.5',
+        'carbonmeter_carbon_intensity_provider_timestamp_seconds{provider="watttime"} 1.7e+09',
         'carbonmeter_carbon_intensity_provider_grams_per_kilowatt_hour{provider="watttime",'
         'region="CAISO_NORTH",signal="marginal"} 394.85',
         'carbonmeter_carbon_intensity_provider_errors_total{provider="electricitymaps"} 3.0',
     ]:
         assert expected in text, expected
-    assert 'age_seconds{provider="electricitymaps"}' not in text  # no value, no age
+    assert 'timestamp_seconds{provider="electricitymaps"}' not in text  # no value, no time
     out = subprocess.run([require("promtool"), "check", "metrics"], input=body,
                          capture_output=True)
     assert out.returncode == 0 and out.stdout == b"" and out.stderr == b"", out

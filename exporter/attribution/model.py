@@ -124,4 +124,4 @@ class IdlePower:
     def how(self, device_id: str, kind: str) -> str:
         if kind in self.configured:
             return "configured"
-        return "model" if device_id in self.known else "lowest seen"
+        return "model" if device_id in self.known else "lowest_seen"

@@ -46,7 +46,7 @@ class IdleRow:
     device: str
     kind: str
     watts: float
-    how: str  # "configured", "model" or "lowest seen"
+    how: str  # "configured", "model" or "lowest_seen" (a label value: no spaces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +74,12 @@ class AttributionView:
     def otel_attributes(self, row: WorkloadRow) -> dict[str, str]:
         """A row's OpenTelemetry attributes: its labels under the semantic conventions' names
         (empty ones left out), what the labels lack (k8s.pod.uid, container.id), and
-        carbonmeter.workload and hw.type for the row's kind."""
+        carbonmeter.workload (the OTLP sink adds hw.type, the row's kind in the conventions'
+        enumeration)."""
         out = {OTEL_NAMES[n]: v for n, v in zip(self.label_names, row.labels, strict=True)
                if v}
         out.update((k, v) for k, v in row.attributes if v)
         out["carbonmeter.workload"] = row.workload
-        out["hw.type"] = row.kind
         return out
 
 

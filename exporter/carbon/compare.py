@@ -101,16 +101,41 @@ def greenest(facility_kwh: float, actual_g: float, intensity: Intensity,
 def landmarks(facility_kwh: float, actual_g: float, intensity: Intensity) -> list[Elsewhere]:
     """The grid in use, then — among countries — the greenest, the median and the
     dirtiest; for a cloud region, every region of its provider, greenest first."""
-    here = region_of(intensity)
     out = [Elsewhere(as_region(intensity), actual_g, 0.0, "configured")]
+    return out + _others(facility_kwh, actual_g, region_of(intensity), [out[0].region])
+
+
+def _others(facility_kwh: float, actual_g: float, here: Region | None,
+            used: list[Region]) -> list[Elsewhere]:
     pool = peers(here)
+    taken = {(r.code, r.provider) for r in used}
     if here is not None and here.kind == "cloud":
-        return [*out, *(_at(r, facility_kwh, actual_g) for r in pool
-                         if (r.code, r.provider) != (here.code, here.provider))]
+        return [_at(r, facility_kwh, actual_g) for r in pool if (r.code, r.provider) not in taken]
     if not pool:
-        return out
+        return []
     median = statistics.median_low([r.g_per_kwh for r in pool])
     middle = next(r for r in pool if r.g_per_kwh == median)
-    return [*out, _at(pool[0], facility_kwh, actual_g, "greenest"),
+    return [_at(pool[0], facility_kwh, actual_g, "greenest"),
             _at(middle, facility_kwh, actual_g, "median"),
             _at(pool[-1], facility_kwh, actual_g, "dirtiest")]
+
+
+def mixed(facility_kwh: float, actual_g: float,
+          used: list[tuple[Intensity, float]]) -> list[Elsewhere]:
+    """Energy spent on several grids (`used`: each intensity with its share of the facility
+    energy, largest first): what it emitted as it ran, at the mean intensity; then all of it
+    on each grid in use; then the landmarks of the grid that took most of it.
+
+    With one grid this is `landmarks`. The comparison is on the energy, never on one row's
+    intensity: 385 J half in France and half in Poland is neither France's figure nor Poland's.
+    """
+    if len(used) == 1:
+        return landmarks(facility_kwh, actual_g, used[0][0])
+    mean = actual_g / facility_kwh if facility_kwh > 0 else 0.0
+    parts = ", ".join(f"{i.region} {share * 100:.3g} %" for i, share in used)
+    run = Region("mixed", "", f"as run ({parts})", "mixed", "", round(mean, 1), None,
+                 "the rows' own emissions over their energy", {})
+    rows = [as_region(i) for i, _ in used]
+    return [Elsewhere(run, actual_g, 0.0, "as run"),
+            *(_at(r, facility_kwh, actual_g, "in use") for r in rows),
+            *_others(facility_kwh, actual_g, region_of(used[0][0]), rows)]

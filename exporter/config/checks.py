@@ -34,7 +34,8 @@ def check_value(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any
     optional = (typing.get_origin(hint) in (typing.Union, types.UnionType)
                 and type(None) in args)
     if optional:
-        if value is None:
+        # `key: ""` says what `key:` says: the setting is empty (default.yaml's "Empty: ...")
+        if value is None or value == "":
             return None
         hint = next(a for a in args if a is not type(None))
     origin = typing.get_origin(hint) or hint

@@ -27,6 +27,9 @@ DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317",
                      "http/protobuf": "http://localhost:4318/v1/metrics"}
 HTTP_PATH = "/v1/metrics"
 DEFAULT_TIMEOUT_S = 10.0  # the specification's default export timeout
+# OTEL_METRICS_EXPORTER's values: `otlp` asks for OTLP; `none` for no exporter; the others
+# name exporters carbonmeter does not add (Prometheus is its own /metrics)
+EXPORTERS = ("otlp", "none", "prometheus", "console", "logging")
 TEMPORALITY = {"cumulative": "cumulative", "delta": "delta",
                # the specification's LowMemory: delta for synchronous counters only;
                # every carbonmeter counter is observable, so cumulative
@@ -73,6 +76,25 @@ def _boolean(var: str, raw: str) -> bool:
     return raw.lower() == "true"
 
 
+def _export_timeout(env: typing.Mapping[str, str]) -> tuple[str, str] | None:
+    raw = env.get("OTEL_METRIC_EXPORT_TIMEOUT", "").strip()
+    return ("OTEL_METRIC_EXPORT_TIMEOUT", raw) if raw else None
+
+
+def _exporters(env: typing.Mapping[str, str]) -> bool | None:
+    """OTEL_METRICS_EXPORTER: True when it asks for OTLP, False when it names other exporters
+    only (or `none`), None when unset."""
+    raw = env.get("OTEL_METRICS_EXPORTER", "").strip()
+    if not raw:
+        return None
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXPORTERS]
+    if unknown:
+        raise ConfigError(f"environment: OTEL_METRICS_EXPORTER: '{unknown[0]}' is not one of "
+                          f"{', '.join(EXPORTERS)}")
+    return "otlp" in names and "none" not in names
+
+
 def resolve(data: dict[str, Any], env: typing.Mapping[str, str], origin: str) -> None:
     """Fill the nulls of data["otlp"] in place; errors name the variable or the key."""
     o = data["otlp"]
@@ -98,7 +120,11 @@ def resolve(data: dict[str, Any], env: typing.Mapping[str, str], origin: str) ->
 
     if o["enabled"] is None:
         disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-        o["enabled"] = endpoint is not None and not disabled
+        # OTEL_METRICS_EXPORTER=otlp asks for OTLP even to the default endpoint; =none (or
+        # only exporters carbonmeter has not) turns it off whatever endpoint is set
+        wanted = _exporters(env)
+        o["enabled"] = not disabled and wanted is not False and (
+            endpoint is not None or wanted is True)
 
     if o["insecure"] is None:
         found = _env(env, "INSECURE")
@@ -136,8 +162,11 @@ def resolve(data: dict[str, Any], env: typing.Mapping[str, str], origin: str) ->
         o["interval_seconds"] = (_ms("OTEL_METRIC_EXPORT_INTERVAL", raw, 0.1, 3600) if raw
                                  else data["sampler"]["interval_seconds"])
     if o["timeout_seconds"] is None:
-        found = _env(env, "TIMEOUT")
-        o["timeout_seconds"] = _ms(*found, 0.1, 600) if found else DEFAULT_TIMEOUT_S
+        # One bound serves both: the exporter's (OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT, one
+        # export with its retries) and the reader's (OTEL_METRIC_EXPORT_TIMEOUT, the most an
+        # export may take); the stricter of those set wins.
+        found = [_ms(*f, 0.1, 600) for f in (_env(env, "TIMEOUT"), _export_timeout(env)) if f]
+        o["timeout_seconds"] = min(found) if found else DEFAULT_TIMEOUT_S
     if o["temporality"] is None:
         found = _env(env, "TEMPORALITY_PREFERENCE", generic=False)
         if found and found[1].lower() not in TEMPORALITY:

@@ -67,4 +67,5 @@ def usage_snapshot(usage: Usage) -> Snapshot:
                     host_energy_j=usage.energy_j,
                     host_power_w=usage.energy_j / usage.duration_s if usage.duration_s else None,
                     host_emissions_g=usage.emissions_g, intensity=usage.intensity,
-                    pue=usage.pue, probes=(), metered=usage.metered)
+                    pue=usage.pue, probes=(), metered=usage.metered,
+                    host_estimated_energy_j=usage.estimated_j)

@@ -6,6 +6,10 @@ SIGCHLD are blocked in every thread before any starts, and the main thread takes
 sigwaitinfo(). One sent to us by a process (`kill`, a job scheduler) is forwarded to the
 command; one the terminal sent to the foreground process group reached the command already
 (si_code SI_KERNEL) and is not sent twice.
+
+On Linux the command dies with us: it is started with PR_SET_PDEATHSIG, so when carbonmeter
+is killed (SIGKILL, the OOM killer), the kernel sends the command SIGKILL instead of leaving
+it running unmeasured.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -24,14 +29,46 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent itself, as a terminal's ^C is
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_started: dict[int, subprocess.Popen] = {}  # held until waited for: subprocess never reaps it
+
+
+def _prctl() -> Any:
+    """libc's prctl, on Linux; None elsewhere (loaded before the fork, never in the child)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def spawn(command: list[str], child_mask: set[int]) -> int:
-    """Start `command` found on PATH; signal mask and SIGPIPE as if we were not there.
+    """Start `command` found on PATH; signal mask and SIGPIPE as if we were not there, and
+    (on Linux) killed by the kernel when we die.
 
     Python ignores SIGPIPE and SIGXFSZ; like subprocess, the command gets them back at
-    their default action.
+    their default action. Every descriptor we did not mark close-on-exec is inherited, as a
+    shell would pass them.
     """
-    return os.posix_spawnp(command[0], command, os.environ, setsigmask=child_mask,
-                           setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    prctl = _prctl()
+    if prctl is None:
+        return os.posix_spawnp(command[0], command, os.environ, setsigmask=child_mask,
+                               setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    parent = os.getpid()
+
+    def in_child() -> None:  # between fork and exec: no lock taken, nothing imported
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # we died before the line above: die too
+            os.kill(os.getpid(), signal.SIGKILL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, child_mask)
+
+    proc = subprocess.Popen(command, preexec_fn=in_child, close_fds=False,
+                            restore_signals=True)
+    _started[proc.pid] = proc
+    return proc.pid
 
 
 def wait(pid: int) -> int:
@@ -42,6 +79,9 @@ def wait(pid: int) -> int:
         if info.si_signo == signal.SIGCHLD:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done == pid:
+                proc = _started.pop(pid, None)
+                if proc is not None:  # reaped here: the Popen must not wait for it again
+                    proc.returncode = os.waitstatus_to_exitcode(status)
                 return status
             continue
         if info.si_code != SI_KERNEL:
@@ -86,7 +126,7 @@ def _with_tree_share(usage: Any, last: Any, tree: Any) -> Any:
 
 
 def run(cfg: Any, command: list[str], *, interval: float | None, output: str | None,
-        as_json: bool) -> int:
+        as_json: bool, json_file: str | None = None) -> int:
     from carbonmeter.measure import summary
     from carbonmeter.measure.meter import Meter
     from carbonmeter.measure.publish import finished
@@ -118,18 +158,20 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     usage = _with_tree_share(usage, last, tree)
 
-    text = (json.dumps(summary.as_json(usage, command=command, exit_code=code)) + "\n"
-            if as_json else summary.as_text(usage, command=command, exit_code=code))
-    try:
-        if output:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
-        else:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-    except OSError as e:
-        print(f"carbonmeter: cannot write the summary to {output}: {e.strerror or e}",
-              file=sys.stderr)
+    doc = json.dumps(summary.as_json(usage, command=command, exit_code=code)) + "\n"
+    text = doc if as_json else summary.as_text(usage, command=command, exit_code=code)
+    for path, content in ((output, text), (json_file, doc if json_file else "")):
+        if not path:
+            continue
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(content)
+        except OSError as e:
+            print(f"carbonmeter: cannot write the summary to {path}: {e.strerror or e}",
+                  file=sys.stderr)
+    if not output:
+        sys.stderr.write(text)
+        sys.stderr.flush()
     ctx = RowContext(cfg.emissions_log.project_name, new_run_id())
     finished(usage, ctx, emissions_log=open_log(cfg.emissions_log), cfg=cfg, load=load)
     return code

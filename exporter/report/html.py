@@ -17,9 +17,17 @@ from matplotlib.figure import Figure
 
 from carbonmeter import units
 from carbonmeter.report.equivalents import describe
-from carbonmeter.report.summary import Summary, show_kwh
+from carbonmeter.report.summary import (
+    Summary,
+    intensity_lines,
+    measured_note,
+    scope,
+    show_kwh,
+)
 
-MEASURED, ESTIMATED, ACCENT = "#2b6f8f", "#c7a44a", "#3a8f4b"
+# The measured colour means measured and nothing else: estimates, energy a log does not
+# describe and other regions' bars are drawn in other colours.
+MEASURED, ESTIMATED, ACCENT, OTHER = "#2b6f8f", "#c7a44a", "#3a8f4b", "#9aa5ab"
 
 
 def _svg(fig: Figure, label: str) -> str:
@@ -75,8 +83,10 @@ def energy_chart(s: Summary) -> str:
     """Energy of each device (or device kind, for logs without devices), measured or not."""
     if s.by_device:
         items = [(dev, d["energy_kwh"], d["estimated"]) for dev, d in s.by_device.items()]
-    else:
-        items = [(k, v, False) for k, v in s.by_kind.items()] or [("host", s.energy_kwh, False)]
+        title = "Energy by device (blue: measured, ochre: estimated)"
+    else:  # the log does not say what was measured: nothing is drawn as measured
+        items = [(k, v, True) for k, v in s.by_kind.items()] or [("host", s.energy_kwh, True)]
+        title = "Energy by device kind (ochre: estimated; the log does not say what was measured)"
     unit, scale = _energy_unit([v for _, v, _ in items])
     fig = Figure(figsize=(8, 0.5 + 0.45 * len(items)))
     ax = fig.add_subplot()
@@ -85,7 +95,7 @@ def energy_chart(s: Summary) -> str:
             color=[ESTIMATED if est else MEASURED for _, _, est in items])
     ax.invert_yaxis()
     ax.set_xlabel(f"energy ({unit})")
-    ax.set_title("Energy by device (blue: measured, ochre: estimated)")
+    ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig, "energy by device")
 
@@ -100,7 +110,7 @@ def regions_chart(s: Summary) -> str:
     ax = fig.add_subplot()
     labels = [f"{e.region.name} ({e.role})" if e.role else e.region.name for e in places]
     ax.barh(labels, [g * scale for g in grams],
-            color=[ACCENT if e.role == "configured" else MEASURED for e in places])
+            color=[ACCENT if e.role in ("configured", "as run") else OTHER for e in places])
     ax.invert_yaxis()
     ax.set_xlabel(f"CO2eq ({unit}) for the same energy")
     ax.set_title("Emissions by region")
@@ -126,18 +136,20 @@ border-bottom:1px solid #dde}td:nth-child(n+2){font-variant-numeric:tabular-nums
 
 
 def page(s: Summary, name: str) -> str:
-    i = s.intensity
     facts = [
         ["period", f"{s.first:%Y-%m-%d %H:%M:%S} to {s.last:%Y-%m-%d %H:%M:%S %Z}"],
         ["rows", f"{len(s.rows)} in {s.runs} run(s), {len(s.tasks)} task row(s)"],
         ["measured for", units.duration(s.duration_s)],
         ["energy", f"{show_kwh(s.energy_kwh)} (with PUE: {show_kwh(s.facility_kwh)})"],
         ["CO2eq", units.mass(s.emissions_g)],
-        ["intensity", f"{i.g_per_kwh:g} gCO2eq/kWh ({i.region}; {i.source})"],
+        ["measured", measured_note(s)],
+        ["intensity", intensity_lines(s)[0]],
+        *(["", line] for line in intensity_lines(s)[1:]),
     ]
     kinds = [[k, show_kwh(v)] for k, v in s.by_kind.items()]
     places = [[e.role, e.region.code, e.region.name, f"{e.region.g_per_kwh:g}",
-               units.mass(e.grams), "" if e.role == "configured" else units.mass(e.saving_g)]
+               units.mass(e.grams),
+               "" if e.role in ("configured", "as run") else units.mass(e.saving_g)]
               for e in s.places]
     equiv = [[*describe(f, n), f.source] for f, n in s.equivalents]
     over = [[f"{t:%Y-%m-%d %H:%M}", show_kwh(e), units.mass(g)] for t, e, g in s.over_time]
@@ -148,8 +160,7 @@ def page(s: Summary, name: str) -> str:
         f"<style>{STYLE}</style></head><body>",
         f"<h1>carbonmeter report: {html.escape(name)}</h1>",
         _table(["", ""], facts),
-        '<p class="note">Whole machine: every process\'s energy is counted, not only the '
-        "measured code's.</p>",
+        f'<p class="note">{html.escape(scope(s).capitalize())}.</p>',
         "<h2>Power over time</h2>", power_chart(s),
         "<h2>Energy by device</h2>", energy_chart(s),
         _table(["kind", "energy"], kinds) if kinds else "",

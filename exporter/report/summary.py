@@ -7,6 +7,13 @@ totals add up the other rows only. The energy and power columns have the PUE app
 CodeCarbon's do. A CodeCarbon tracker writes its run's total so far at each flush, so rows
 that cover the same span from the same start (one `run_id` and one `started`; in
 CodeCarbon's own file, one `run_id`) are one span: its last, longest row counts.
+
+Every figure is a sum of the rows' own: the emissions are each row's emissions, priced where
+and when it ran, so a log of runs in several regions (or under a live intensity) is never
+re-priced at one row's intensity. Each grid that occurs is shown with its share of the energy
+and its mean intensity over its rows, and the comparison with other grids is made on the
+energy. What was measured is told from the `devices` column; a log without it (CodeCarbon's
+own) does not say, and all of its energy is counted as estimated.
 """
 
 from __future__ import annotations
@@ -15,14 +22,13 @@ import csv
 import io
 import json
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from carbonmeter import units
-from carbonmeter.carbon.compare import Elsewhere, landmarks
+from carbonmeter.carbon.compare import Elsewhere, mixed
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.regions import regions
 from carbonmeter.report.equivalents import Factor, equivalents
@@ -49,6 +55,29 @@ class Row:
     devices: dict[str, dict[str, Any]]  # id -> kind, source, estimated, energy (kWh)
     intensity: tuple[str, float, str, str]  # region, g/kWh, source, cloud provider
     span: tuple[str, ...] = ()  # rows with the same span key are totals of one span so far
+    tracking_mode: str = "machine"  # "process": the figures are a process tree's share
+
+    @property
+    def measured_kwh(self) -> float:
+        """The measured part of the row's energy, in the proportion its devices give; none
+        for a row without devices (nothing says what was measured)."""
+        known = [d for d in self.devices.values() if isinstance(d, dict)]
+        total = sum(_num(d.get("energy")) for d in known)
+        if total <= 0:
+            return 0.0
+        measured = sum(_num(d.get("energy")) for d in known if not d.get("estimated"))
+        return self.energy_kwh * measured / total
+
+
+@dataclass(frozen=True)
+class GridUse:
+    """One grid of the log: its rows' energy and emissions, and their mean intensity."""
+
+    intensity: Intensity  # g_per_kwh: the emissions of its rows over their energy x PUE
+    energy_kwh: float
+    facility_kwh: float
+    emissions_g: float
+    share: float  # of the log's energy
 
 
 @dataclass
@@ -64,11 +93,23 @@ class Summary:
     runs: int
     by_kind: dict[str, float]
     by_device: dict[str, dict[str, Any]]
-    intensity: Intensity
+    grids: list[GridUse]  # largest share first
     places: list[Elsewhere]
     equivalents: list[tuple[Factor, float]]
     over_time: list[tuple[datetime, float, float]] = field(default_factory=list)
     bucket: str = ""
+    measured_kwh: float = 0.0  # of energy_kwh; the rest is estimated or not said
+    devices_known: bool = True  # False: no row says its devices (CodeCarbon's log)
+    process_rows: int = 0  # rows whose figures are a command's process tree, not the machine
+
+    @property
+    def g_per_kwh(self) -> float:
+        """The mean intensity: the emissions over the facility energy."""
+        return self.emissions_g / self.facility_kwh if self.facility_kwh > 0 else 0.0
+
+    @property
+    def measured_share(self) -> float:
+        return self.measured_kwh / self.energy_kwh if self.energy_kwh > 0 else 0.0
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -150,7 +191,8 @@ def _row(r: dict[str, Any], where: str) -> Row:
                run_id=run_id, kinds={k: _num(r.get(col)) / pue for k, col in KINDS},
                devices=devices if isinstance(devices, dict) else {},
                intensity=(region, g_per_kwh, str(r.get("carbon_intensity_source") or ""),
-                          str(r.get("cloud_provider") or "")), span=span)
+                          str(r.get("cloud_provider") or "")), span=span,
+               tracking_mode=str(r.get("tracking_mode") or "machine"))
 
 
 def _last_of_each_span(rows: list[Row]) -> list[Row]:
@@ -176,6 +218,26 @@ def _intensity(region: str, g: float, source: str, provider: str) -> Intensity:
                 (not provider or r.provider == provider):
             return Intensity(r.g_per_kwh, r.code, r.provider or "bundled", r.source, r.year)
     return Intensity(g, region or "custom", "config", source or "as recorded in the log")
+
+
+def _grids(rows: list[Row], energy_kwh: float) -> list[GridUse]:
+    """The rows grouped by grid (region and cloud provider): a live intensity gives each row
+    its own value, and one region is still one grid, at its rows' mean."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.intensity[0], r.intensity[3]), []).append(r)
+    out = []
+    for (region, provider), members in groups.items():
+        energy = sum(r.energy_kwh for r in members)
+        facility = sum(r.energy_kwh * r.pue for r in members)
+        grams = sum(r.emissions_g for r in members)
+        values = {r.intensity[1] for r in members}
+        mean = grams / facility if facility > 0 else values.pop()
+        sources = {r.intensity[2] for r in members}
+        source = sources.pop() if len(sources) == 1 else "several sources"
+        out.append(GridUse(_intensity(region, mean, source, provider), energy, facility, grams,
+                           energy / energy_kwh if energy_kwh > 0 else 1 / len(groups)))
+    return sorted(out, key=lambda g: -g.energy_kwh)
 
 
 def _buckets(first: datetime, last: datetime) -> tuple[str, timedelta]:
@@ -223,8 +285,7 @@ def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
     energy = sum(r.energy_kwh for r in rows)
     facility = sum(r.energy_kwh * r.pue for r in rows)
     grams = sum(r.emissions_g for r in rows)
-    used = Counter(r.intensity for r in rows).most_common(1)[0][0]
-    intensity = _intensity(*used)
+    grids = _grids(rows, energy)
     bucket, _ = _buckets(first, last)
     over: dict[datetime, list[float]] = {}
     for r in rows:
@@ -235,10 +296,54 @@ def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
         rows=rows, tasks=tasks, first=first, last=last,
         duration_s=sum(r.duration_s for r in rows), energy_kwh=energy, facility_kwh=facility,
         emissions_g=grams, runs=len({r.run_id for r in rows}), by_kind=by_kind,
-        by_device=by_device, intensity=intensity,
-        places=landmarks(facility, grams, intensity),
+        by_device=by_device, grids=grids,
+        places=mixed(facility, grams, [(g.intensity, g.share) for g in grids]),
         equivalents=equivalents(grams, facility),
-        over_time=[(t, e, g) for t, (e, g) in sorted(over.items())], bucket=bucket)
+        over_time=[(t, e, g) for t, (e, g) in sorted(over.items())], bucket=bucket,
+        measured_kwh=sum(r.measured_kwh for r in rows),
+        devices_known=any(r.devices for r in rows),
+        process_rows=sum(r.tracking_mode == "process" for r in rows))
+
+
+def measured_note(s: Summary) -> str:
+    """How much of the energy was measured, in words; an all-estimated log says so."""
+    if not s.devices_known:
+        return ("0 % measured: the log does not say which devices were measured (no devices "
+                "column, as in CodeCarbon's emissions.csv), so every figure is counted as an "
+                "estimate")
+    share = s.measured_share * 100
+    if s.measured_kwh <= 0:
+        return "0 % measured: every figure is an estimate"
+    if share >= 99.95:
+        return "100 % measured"
+    return f"{units.sig(share)} % measured, {units.sig(100 - share)} % estimated"
+
+
+def intensity_lines(s: Summary) -> list[str]:
+    """The intensity in use: one grid, or the mean and each grid with its share."""
+    if len(s.grids) == 1:
+        i = s.grids[0].intensity
+        return [f"{i.g_per_kwh:g} gCO2eq/kWh ({i.region}; {i.source})"]
+    out = [f"{units.sig(s.g_per_kwh)} gCO2eq/kWh on average (the rows' emissions over their "
+           f"energy with PUE), on {len(s.grids)} grids:"]
+    for g in s.grids:
+        i = g.intensity
+        out.append(f"{i.region:<8} {units.sig(i.g_per_kwh):>6} gCO2eq/kWh  "
+                   f"{units.sig(g.share * 100):>5} % of the energy  "
+                   f"{units.mass(g.emissions_g):>9}  ({i.source})")
+    return out
+
+
+def scope(s: Summary) -> str:
+    """Whose energy the totals are: the machine's, or commands' process trees."""
+    machine = "whole machine: every process's energy, not only the measured code's"
+    if not s.process_rows:
+        return machine
+    tree = ("the commands' process trees (carbonmeter run): each command's share of the "
+            "machine's energy")
+    if s.process_rows == len(s.rows):
+        return tree
+    return f"{s.process_rows} row(s): {tree}; the other {len(s.rows) - s.process_rows}: {machine}"
 
 
 def show_kwh(kwh: float) -> str:

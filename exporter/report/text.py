@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from carbonmeter import units
 from carbonmeter.report.equivalents import describe
-from carbonmeter.report.summary import Summary, show_kwh
+from carbonmeter.report.summary import (
+    Summary,
+    intensity_lines,
+    measured_note,
+    scope,
+    show_kwh,
+)
 
 
 def text(s: Summary, name: str) -> str:
@@ -14,15 +20,18 @@ def text(s: Summary, name: str) -> str:
            f"  measured for  {units.duration(s.duration_s)}",
            f"  energy        {show_kwh(s.energy_kwh)} (with PUE: {show_kwh(s.facility_kwh)})",
            f"  CO2eq         {units.mass(s.emissions_g)}",
-           f"  intensity     {s.intensity.g_per_kwh:g} gCO2eq/kWh ({s.intensity.region}; "
-           f"{s.intensity.source})"]
+           f"  measured      {measured_note(s)}"]
+    first, *grids = intensity_lines(s)
+    out.append(f"  intensity     {first}")
+    out.extend(f"    {line}" for line in grids)
     if s.by_kind:
         out.append("\nby device kind")
         for k, value in s.by_kind.items():
             out.append(f"  {k:<10} {show_kwh(value):>12}  {100 * value / s.energy_kwh:5.1f} %"
                        if s.energy_kwh else f"  {k:<10} {show_kwh(value):>12}")
     if s.by_device:
-        out.append("\nby device")
+        out.append("\nby device" + (" (the whole machine, while the commands ran)"
+                                     if s.process_rows else ""))
         for dev, d in s.by_device.items():
             how = "estimated" if d["estimated"] else "measured"
             out.append(f"  {dev:<14} {d['kind']:<9} {d['source']:<10} {how:<10} "
@@ -34,7 +43,7 @@ def text(s: Summary, name: str) -> str:
     for e in s.places:
         r = e.region
         label = e.role or ""
-        saving = "" if e.role == "configured" else (
+        saving = "" if e.role in ("configured", "as run") else (
             f"  saves {units.mass(e.saving_g)}" if e.saving_g >= 0
             else f"  adds {units.mass(-e.saving_g)}")
         out.append(f"  {label:<10} {r.code:<6} {r.name:<28} {r.g_per_kwh:>7g} g/kWh "
@@ -53,6 +62,6 @@ def text(s: Summary, name: str) -> str:
             a[2] += t.emissions_g
         for name_, (n, e, g) in sorted(agg.items(), key=lambda kv: -kv[1][1])[:20]:
             out.append(f"  {name_:<30} x{int(n):<4} {show_kwh(e):>12}  {units.mass(g):>10}")
-    out.append("\nscope: " + ("whole machine: every process's energy, not only the measured "
-                              "code's"))
+    out.append("\nscope: " + scope(s))
     return "\n".join(out) + "\n"
+

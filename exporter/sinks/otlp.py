@@ -12,8 +12,11 @@ and one when it came back. With cumulative temporality (the default) nothing is 
 in between: the next export carries the whole total.
 
 Names follow the OpenTelemetry hardware semantic conventions (hw.energy, hw.power,
-hw.host.*, with hw.id, hw.type, hw.name); carbon has no convention yet and lives
-under carbonmeter.*.
+hw.host.*, with hw.id, hw.type, hw.name, hw.parent); carbon has no convention yet and lives
+under carbonmeter.*. The conventions' MUST: a host's overall energy is reported as
+hw.host.energy and hw.host.power only, never as hw.energy, so nothing overlapping is summed;
+a whole-host meter (IPMI, Redfish, an ACPI power meter) is therefore hw.host.* alone, and
+the components stay hw.energy beside it. hw.type takes only the conventions' enumeration.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from carbonmeter.config import OtlpConfig
-from carbonmeter.probes.base import Device
+from carbonmeter.probes.base import HOST, Device
 from carbonmeter.sinks.outage import Outage
-from carbonmeter.snapshot import Snapshot
+from carbonmeter.snapshot import DeviceTotal, Snapshot
 from carbonmeter.version import version
 
 if typing.TYPE_CHECKING:
@@ -48,10 +51,11 @@ if typing.TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# carbonmeter's device kinds as the semantic conventions' hw.type values. A platform
-# (RAPL psys) zone covers the SoC and more of the board: closest to an enclosure.
+# carbonmeter's device kinds as values of the semantic conventions' hw.type enumeration. A
+# platform (RAPL psys) zone covers the SoC and more of the board, and `other` is a box of its
+# own (a declared switch) or a part with no type there (the Apple Neural Engine): enclosure.
 HW_TYPES = {"cpu": "cpu", "dram": "memory", "ram": "memory", "gpu": "gpu",
-            "platform": "enclosure"}
+            "platform": "enclosure", "other": "enclosure"}
 # Resource attributes from environment variables that a pod spec sets from the
 # Kubernetes downward API (fieldRef metadata.name, metadata.namespace, spec.nodeName).
 K8S_ENV = {"k8s.pod.name": ("K8S_POD_NAME", "POD_NAME"),
@@ -73,11 +77,27 @@ def resource(env: typing.Mapping[str, str] | None = None) -> Resource:
     return Resource.create(attrs).merge(OTELResourceDetector().detect())
 
 
-def device_attributes(d: Device) -> dict[str, str]:
-    return {"hw.id": d.uid or d.id, "hw.type": HW_TYPES.get(d.kind, d.kind),
-            "hw.name": d.name or d.id,
-            # the Prometheus labels, to join the two
-            "carbonmeter.device": d.id, "carbonmeter.source": d.source}
+def hw_type(kind: str) -> str:
+    return HW_TYPES.get(kind, "enclosure")
+
+
+def hw_id(d: Device) -> str:
+    return d.uid or d.id
+
+
+def device_attributes(d: Device, parent: Device | None = None) -> dict[str, str]:
+    out = {"hw.id": hw_id(d), "hw.type": hw_type(d.kind), "hw.name": d.name or d.id,
+           # the Prometheus labels, to join the two
+           "carbonmeter.device": d.id, "carbonmeter.source": d.source}
+    if parent is not None:
+        out["hw.parent"] = hw_id(parent)
+    return out
+
+
+def host_name(res: Resource) -> str:
+    """The physical host's name for hw.host.*: the resource's host.name, which
+    OTEL_RESOURCE_ATTRIBUTES sets (a pod's manifest gives it the node's name)."""
+    return str(res.attributes.get("host.name") or socket.gethostname())
 
 
 class _HeldLogs(logging.Handler):
@@ -237,8 +257,9 @@ class OtlpSink:
                                       session)
         self._latest = latest
         self._pinned: Snapshot | None = None
-        self._attrs: dict[Device, dict[str, str]] = {}
-        self._host = {"hw.id": HOST_ID, "hw.name": socket.gethostname()}
+        self._attrs: dict[tuple[Device, Device | None], dict[str, str]] = {}
+        self.resource = resource()
+        self._host = {"hw.id": HOST_ID, "hw.name": host_name(self.resource)}
         self.provider: MeterProvider | None = None
 
     def start(self) -> None:
@@ -256,7 +277,7 @@ class OtlpSink:
         self.reader = Reader(self.exporter,
                              export_interval_millis=cfg.interval_seconds * 1000,
                              export_timeout_millis=cfg.timeout_seconds * 1000)
-        self.provider = MeterProvider(metric_readers=[self.reader], resource=resource(),
+        self.provider = MeterProvider(metric_readers=[self.reader], resource=self.resource,
                                       shutdown_on_exit=False)
         self._instruments(self.provider)
         log.info("%s every %gs, %s temporality", self.what, cfg.interval_seconds,
@@ -265,29 +286,43 @@ class OtlpSink:
     def _snapshot(self) -> Snapshot:
         return self._pinned if self._pinned is not None else self._latest()
 
-    def _device(self, d: Device) -> dict[str, str]:
-        attrs = self._attrs.get(d)
-        if attrs is None:
-            attrs = self._attrs[d] = device_attributes(d)
-        return attrs
+    def _components(self) -> list[tuple[DeviceTotal, dict[str, str]]]:
+        """Each device but a whole-host meter (that is hw.host.* only), with its attributes;
+        hw.parent where the device it sits in is exported too."""
+        totals = self._snapshot().devices
+        by_id = {t.device.id: t.device for t in totals}
+        out = []
+        for t in totals:
+            if t.device.scope == HOST:
+                continue
+            key = (t.device, by_id.get(t.device.parent) if t.device.parent else None)
+            attrs = self._attrs.get(key)
+            if attrs is None:
+                attrs = self._attrs[key] = device_attributes(*key)
+            out.append((t, attrs))
+        return out
 
     def _instruments(self, provider: MeterProvider) -> None:
         meter = provider.get_meter("carbonmeter", version())
 
         def energy(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(t.energy_j, self._device(t.device))
-                    for t in self._snapshot().devices]
+            return [Observation(t.energy_j, a) for t, a in self._components()]
 
         def power(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(t.power_w, self._device(t.device))
-                    for t in self._snapshot().devices if t.power_w is not None]
+            return [Observation(t.power_w, a) for t, a in self._components()
+                    if t.power_w is not None]
 
         def emissions(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(t.emissions_g, self._device(t.device))
-                    for t in self._snapshot().devices]
+            return [Observation(t.emissions_g, a) for t, a in self._components()]
 
         def host_energy(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(self._snapshot().host_energy_j, self._host)]
+
+        def host_estimated(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(self._snapshot().host_estimated_energy_j, self._host)]
+
+        def host_emissions(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(self._snapshot().host_emissions_g, self._host)]
 
         def host_power(_: CallbackOptions) -> Iterable[Observation]:
             watts = self._snapshot().host_power_w
@@ -304,8 +339,8 @@ class OtlpSink:
                 view = self._snapshot().attribution
                 if view is None:
                     return []
-                out = [Observation(v, view.otel_attributes(r)) for r in view.rows
-                       if (v := value(r)) is not None]
+                out = [Observation(v, {**view.otel_attributes(r), "hw.type": hw_type(r.kind)})
+                       for r in view.rows if (v := value(r)) is not None]
                 if ack:  # ended workloads' final values are out: they may now be dropped
                     view.exported(self.cursor)
                 return out
@@ -331,10 +366,16 @@ class OtlpSink:
              "Energy consumed by the component since carbonmeter started measuring it."),
             (gauge, "hw.power", power, "W",
              "Mean power of the component over the last sampling interval."),
-            (counter, "hw.host.energy", host_energy, "J", "Energy of all measured "
-             "components together; they never overlap, so this is their sum."),
+            (counter, "hw.host.energy", host_energy, "J", "Energy of the whole host: its "
+             "whole-host meter (a BMC, an ACPI power meter) where one runs, plus devices "
+             "beside it; else the sum of its components, measured and estimated, which never "
+             "overlap (carbonmeter.host.estimated_energy is the estimated part)."),
             (gauge, "hw.host.power", host_power, "W",
-             "Mean power of all measured components over the last sampling interval."),
+             "Mean power of the whole host over the last sampling interval."),
+            (counter, "carbonmeter.host.estimated_energy", host_estimated, "J",
+             "The part of hw.host.energy that models estimated, not sensors."),
+            (counter, "carbonmeter.host.emissions", host_emissions, "g", "CO2-equivalent of "
+             "the host's energy (hw.host.energy), PUE applied."),
             (counter, "carbonmeter.emissions", emissions, "g", "CO2-equivalent emitted for "
              "the component's energy, PUE applied, at each interval's intensity."),
             (gauge, "carbonmeter.carbon_intensity", intensity, "g/kWh",

@@ -1,8 +1,11 @@
 """Prometheus exposition: a collector over the latest snapshot, and the HTTP endpoint.
 
-The collector lives on its own CollectorRegistry (no process/platform collectors
-sneak in). Rendering happens at most once per snapshot and format: concurrent
-scrapes of the same sample share the bytes, gzip included.
+The collector lives on its own CollectorRegistry, beside prometheus-client's process
+collector (`process_*`: the exporter's own CPU time, memory and file descriptors, so its
+cost is visible where it is scraped); nothing else registered anywhere in the process
+sneaks in. Rendering happens at most once per snapshot and format: concurrent scrapes of
+the same sample share the bytes, gzip included, and the process figures are those of the
+first scrape of each sample.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -62,6 +65,11 @@ class SnapshotCollector:
             "carbonmeter_unmeasured_seconds", "Time in which a device's energy could not be "
             "known (exporter down, stopped or suspended, probe failing) and was not counted.",
             labels=DEVICE_LABELS, unit="seconds")
+        # what the device is, for joins: dcgm-exporter's UUID and modelName, Kepler's gpu_uuid
+        info = InfoMetricFamily(
+            "carbonmeter_device", "What a device is: its model and, where the hardware has "
+            "one, its UUID (an NVIDIA GPU's), to join with other exporters.",
+            labels=DEVICE_LABELS)
         for d in s.devices:
             labels = (d.device.id, d.device.kind, d.device.source)
             energy.add_metric(labels, d.energy_j)
@@ -69,11 +77,16 @@ class SnapshotCollector:
             unmeasured.add_metric(labels, d.unmeasured_s)
             if d.power_w is not None:
                 power.add_metric(labels, d.power_w)
-        yield from (energy, power, emissions, unmeasured)
+            info.add_metric(labels, {"name": d.device.name, "uuid": d.device.uid})
+        yield from (energy, power, emissions, unmeasured, info)
         yield CounterMetricFamily(
             "carbonmeter_host_energy_joules", "Energy of the host: the sum of its devices, or "
             "where a whole-host meter runs (IPMI, Redfish) that meter plus devices beside the "
             "host.", s.host_energy_j, unit="joules")
+        yield CounterMetricFamily(
+            "carbonmeter_host_estimated_energy_joules", "The part of the host's energy that "
+            "models estimated (CPU and RAM estimates, declared devices), not sensors.",
+            s.host_estimated_energy_j, unit="joules")
         if s.host_power_w is not None:
             yield GaugeMetricFamily("carbonmeter_host_power_watts", "Mean power of the host "
                                     "over the last interval.", s.host_power_w, unit="watts")
@@ -120,8 +133,11 @@ class SnapshotCollector:
 def _provider_families(s: Snapshot) -> Iterator[Metric]:
     up = GaugeMetricFamily("carbonmeter_carbon_intensity_provider_up", "1 when the live "
                            "intensity provider's last fetch succeeded.", labels=("provider",))
-    age = GaugeMetricFamily("carbonmeter_carbon_intensity_age_seconds", "Age of the provider's "
-                            "last good value.", labels=("provider",), unit="seconds")
+    # when, not how long ago: a timestamp stays right however late it is scraped or queried
+    when = GaugeMetricFamily(
+        "carbonmeter_carbon_intensity_provider_timestamp_seconds", "Unix time of the "
+        "provider's last good value: when it was fetched, or a file's modification time.",
+        labels=("provider",), unit="seconds")
     value = GaugeMetricFamily(
         "carbonmeter_carbon_intensity_provider_grams_per_kilowatt_hour", "Last good value of "
         "each live provider, gCO2eq/kWh; signal is average or marginal (WattTime MOER).",
@@ -131,10 +147,10 @@ def _provider_families(s: Snapshot) -> Iterator[Metric]:
     for p in s.providers:
         up.add_metric((p.name,), 1.0 if p.up else 0.0)
         errors.add_metric((p.name,), p.errors_total)
-        if p.value is not None and p.age_seconds is not None:
-            age.add_metric((p.name,), p.age_seconds)
+        if p.value is not None and p.value_unix is not None:
+            when.add_metric((p.name,), p.value_unix)
             value.add_metric((p.name, p.value.region, p.value.signal), p.value.g_per_kwh)
-    yield from (up, age, value, errors)
+    yield from (up, when, value, errors)
 
 
 class Renderer:
@@ -144,6 +160,7 @@ class Renderer:
         self.latest = latest
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(self._pinned, cursor))
+        ProcessCollector(registry=self.registry)  # reads /proc/self; nothing where there is none
         self._pin: Snapshot | None = None
         self._cache: dict[tuple[int, str, bool], bytes] = {}
         self._lock = threading.Lock()

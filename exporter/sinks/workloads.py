@@ -35,7 +35,7 @@ def families(view: AttributionView) -> Iterator[Metric]:
     yield from (energy, emissions, power)
     idle = GaugeMetricFamily(
         "carbonmeter_idle_power_watts", "Idle power the attribution assumes for a device "
-        "(how: configured, model, or lowest seen).", labels=("device", "kind", "how"),
+        "(how: configured, model, or lowest_seen).", labels=("device", "kind", "how"),
         unit="watts")
     for i in view.idle:
         idle.add_metric((i.device, i.kind, i.how), i.watts)

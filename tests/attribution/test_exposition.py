@@ -204,7 +204,6 @@ def test_otlp_attributes_of_rows(ram_path):
     assert view.otel_attributes(row) == {
         "k8s.namespace.name": "shop", "k8s.pod.name": "web-7d9f",
         "k8s.container.name": cid[:12], "k8s.pod.uid": sn.web.uid, "container.id": cid,
-        "container.runtime": "containerd", "carbonmeter.workload": "container",
-        "hw.type": "cpu"}
+        "container.runtime": "containerd", "carbonmeter.workload": "container"}
     other = next(r for r in view.rows if r.workload == "other")
-    assert view.otel_attributes(other) == {"carbonmeter.workload": "other", "hw.type": "cpu"}
+    assert view.otel_attributes(other) == {"carbonmeter.workload": "other"}

@@ -82,7 +82,7 @@ def test_idle_power_configured_model_or_lowest_seen():
     assert idle.watts("package-0", "cpu", 80.0) == 80.0  # first interval: all of it is idle
     assert idle.watts("package-0", "cpu", 35.0) == 35.0
     assert idle.watts("package-0", "cpu", 90.0) == 35.0  # the lowest stays
-    assert idle.how("package-0", "cpu") == "lowest seen"
+    assert idle.how("package-0", "cpu") == "lowest_seen"
 
 
 def ident(name: str) -> Identity:

@@ -62,7 +62,7 @@ def test_idle_unattributed_is_its_own_series_and_lowest_power_seen_by_default(ra
     assert got[("pod", "", sn.web.uid)] == pytest.approx(40.0)  # 100 - 60 idle, third
     assert got[("unattributed", "", "")] == pytest.approx(100 + 60 + 60)
     assert [(i.device, i.watts, i.how) for i in view.idle] == [("package-0", 60.0,
-                                                                "lowest seen")]
+                                                                "lowest_seen")]
 
 
 def test_top_n_other_and_minimum_energy(ram_path):

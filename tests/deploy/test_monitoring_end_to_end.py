@@ -11,8 +11,8 @@ Beside it, a stand-in exporter plays the rest of a fleet: a fixed exposition of 
 node with workload attribution and a live intensity provider exports (carbonmeter_workload_*
 with the labels carbonmeter gives them — `kind` the device kind, `workload` and the level's
 labels —, carbonmeter_unmeasured_seconds_total, carbonmeter_carbon_intensity_provider_up and
-_age_seconds), so the per-workload dashboard and the provider alert are proven against data of
-that shape without a Kubernetes node or a grid API on the test machine.
+_provider_timestamp_seconds), so the per-workload dashboard and the provider alert are proven
+against data of that shape without a Kubernetes node or a grid API on the test machine.
 A third target is a closed port: an exporter that is down.
 
 The scripted scenario: the sensors first count nothing (CarbonmeterNoEnergy fires, the power
@@ -68,7 +68,8 @@ WORKLOADS = [
 ]
 STAND_IN_HOST_WATTS = 300.0
 STAND_IN_G_PER_KWH = 620.0  # above the shipped 500 threshold
-STAND_IN_AGE_S = 7300.0  # older than the shipped 2-hour limit
+# its last good value was fetched this long before the test began: older than the shipped 2 hours
+STAND_IN_VALUE_UNIX = time.time() - 7300.0
 
 
 def _labels(d: dict[str, str]) -> str:
@@ -94,8 +95,9 @@ def stand_in_exposition(elapsed: float) -> str:
         f"carbonmeter_host_energy_joules_total {STAND_IN_HOST_WATTS * elapsed}",
         "# TYPE carbonmeter_carbon_intensity_provider_up gauge",
         f"carbonmeter_carbon_intensity_provider_up{_labels(provider)} 1",
-        "# TYPE carbonmeter_carbon_intensity_age_seconds gauge",
-        f"carbonmeter_carbon_intensity_age_seconds{_labels(provider)} {STAND_IN_AGE_S}",
+        "# TYPE carbonmeter_carbon_intensity_provider_timestamp_seconds gauge",
+        f"carbonmeter_carbon_intensity_provider_timestamp_seconds{_labels(provider)} "
+        f"{STAND_IN_VALUE_UNIX}",
         "# TYPE carbonmeter_carbon_intensity_grams_per_kilowatt_hour gauge",
         "carbonmeter_carbon_intensity_grams_per_kilowatt_hour"
         f'{_labels({**provider, "region": "DE"})} {STAND_IN_G_PER_KWH}',

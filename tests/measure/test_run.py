@@ -82,10 +82,15 @@ def test_exact_energy_of_a_short_command_between_counter_reads(rapl, tmp_path):
         # exact but for the kernel's flooring of each reading to whole µJ, and 1 µJ a wrap
         assert got[device] == pytest.approx(true_j, abs=3e-6), device
     total = sum(j for _, j in steps)
-    assert report["energy_j"] == pytest.approx(total, abs=1e-4)
-    assert report["measured_energy_j"] == report["energy_j"] and report["estimated_energy_j"] == 0
+    machine = report["machine"]
+    assert machine["energy_j"] == pytest.approx(total, abs=1e-4)
+    assert machine["measured_energy_j"] == machine["energy_j"]
+    assert machine["estimated_energy_j"] == 0
     fr = find_region("FR").g_per_kwh
-    assert report["emissions_g"] == pytest.approx(total / 3.6e6 * 1.2 * fr, rel=1e-6)
+    assert machine["emissions_g"] == pytest.approx(total / 3.6e6 * 1.2 * fr, rel=1e-6)
+    # the headline is the command's process tree, a part of the machine's
+    assert report["scope"] == "process tree"
+    assert 0 <= report["energy_j"] <= machine["energy_j"]
     assert report["intensity"]["region"] == "FR" and report["pue"] == 1.2
     # the log got one row with the same figures
     log = (tmp_path / "log.csv").read_text().splitlines()
@@ -99,20 +104,22 @@ def test_json_schema(rapl):
     doc = json.loads(out.stderr)  # the whole of stderr is one JSON object
     schema = {
         "schema": str, "command": list, "exit_code": int, "wall_time_s": float, "scope": str,
-        "scope_note": str, "process_tree": dict, "energy_j": float, "measured_energy_j": float,
-        "estimated_energy_j": float, "emissions_g": float, "intensity": dict, "pue": float,
-        "energy_by_kind_j": dict, "devices": list, "greenest_regions": list,
+        "scope_note": str, "energy_j": float, "emissions_g": float, "energy_by_kind_j": dict,
+        "method": str, "machine": dict, "intensity": dict, "pue": float, "devices": list,
+        "greenest_regions": list,
     }
     assert set(doc) == set(schema)
     for key, kind in schema.items():
         assert isinstance(doc[key], kind), key
     assert doc["schema"] == SCHEMA and doc["command"] == ["true"] and doc["exit_code"] == 0
-    assert doc["scope"] == "process tree" and doc["scope_note"].startswith("process tree: ")
-    tree = doc["process_tree"]
-    assert set(tree) == {"energy_j", "emissions_g", "energy_by_kind_j", "method"}
-    assert isinstance(tree["energy_j"], float) and 0 <= tree["energy_j"] <= doc["energy_j"]
+    assert doc["scope"] == "process tree" and doc["scope_note"].startswith("its process tree: ")
+    machine = doc["machine"]
+    assert set(machine) == {"energy_j", "emissions_g", "measured_energy_j",
+                            "estimated_energy_j", "measured_note", "energy_by_kind_j"}
+    assert 0 <= doc["energy_j"] <= machine["energy_j"]
     assert set(doc["intensity"]) == {"g_per_kwh", "region", "provider", "source", "year"}
-    assert doc["energy_by_kind_j"].keys() == {"cpu", "dram"}
+    assert machine["energy_by_kind_j"].keys() == {"cpu", "dram"}
+    assert machine["measured_note"] == "100 % measured"
     device_keys = {"id", "kind", "source", "name", "estimated", "energy_j", "emissions_g",
                    "mean_power_w"}
     assert all(set(d) == device_keys for d in doc["devices"])
@@ -139,10 +146,14 @@ def test_text_summary_says_units_sources_scope_and_greener_regions(tmp_path):
     assert "package-0 (cpu, rapl, measured)" in text and "2.00 Wh" in text  # 7200 J
     assert "dram-0 (dram, rapl, measured)" in text and "0.250 J" in text
     de = find_region("DE").g_per_kwh
-    assert f"at {de:g} gCO2eq/kWh (DE:" in text
+    assert f"intensity   {de:g} gCO2eq/kWh (DE:" in text
     grams = 7200.25 / 3.6e6 * de
-    assert f"{grams:.3g} g" in text or f"{grams * 1000:.3g} mg" in text
-    assert "process tree: the command and its children spent" in text
+    machine = next(line for line in text.splitlines() if line.startswith("  machine "))
+    assert f"{grams * 1000:.3g} mg CO2eq  every process, while it ran" in machine
+    lines = text.splitlines()
+    assert lines[2].startswith("  command ") and "its process tree: " in lines[2]
+    assert lines[3] == machine and "2.00 Wh" in machine
+    assert "  measured    100 % measured" in text
     best = [r for r in peers(None)][:3]
     for r in best:
         assert r.name in text
@@ -157,7 +168,10 @@ def test_estimated_sources_are_sampled_and_said_so(tmp_path):
     assert kinds["cpu"]["estimated"] and kinds["ram"]["estimated"]
     # idle to busy, the CPU model stays between 12 % and 102 % of its 100 W TDP
     assert 12 * 0.3 <= kinds["cpu"]["energy_j"] <= 102 * doc["wall_time_s"] * 1.05
-    assert doc["measured_energy_j"] == 0 and doc["estimated_energy_j"] == doc["energy_j"]
+    machine = doc["machine"]
+    assert machine["measured_energy_j"] == 0
+    assert machine["estimated_energy_j"] == machine["energy_j"]
+    assert machine["measured_note"] == "0 % measured: every figure is an estimate"
     assert doc["intensity"]["region"] == "world"
 
 
@@ -312,7 +326,7 @@ def test_run_pushes_its_totals_at_exit(rapl, tmp_path):
     assert pushed["package-1"].value == pytest.approx(40.0, abs=1e-4)
     report = json.loads(out.stderr)
     host = families["carbonmeter_host_emissions_grams"].samples[0].value
-    assert host == pytest.approx(report["emissions_g"], rel=1e-9)
+    assert host == pytest.approx(report["machine"]["emissions_g"], rel=1e-9)
 
 
 def test_the_process_tree_gets_its_share_and_says_so(tmp_path):
@@ -326,13 +340,12 @@ def test_the_process_tree_gets_its_share_and_says_so(tmp_path):
     out = carbonmeter("--json", "--interval", "0.1", "--", PY, "-c", busy, config=cfg)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stderr)
-    tree = doc["process_tree"]
-    assert doc["scope"] == "process tree" and "/proc/<pid>/stat" in tree["method"]
-    assert 0 < tree["energy_j"] < doc["energy_j"]
-    assert tree["energy_by_kind_j"].get("cpu", 0) > 0
+    assert doc["scope"] == "process tree" and "/proc/<pid>/stat" in doc["method"]
+    assert 0 < doc["energy_j"] < doc["machine"]["energy_j"]
+    assert doc["energy_by_kind_j"].get("cpu", 0) > 0
     idle = json.loads(carbonmeter("--json", "--interval", "0.1", "--", "sleep", "0.6",
                                   config=cfg).stderr)
-    assert idle["process_tree"]["energy_j"] < tree["energy_j"] / 5
+    assert idle["energy_j"] < doc["energy_j"] / 5
 
 
 def test_no_procfs_reports_the_whole_machine_and_why(tmp_path):
@@ -341,5 +354,9 @@ def test_no_procfs_reports_the_whole_machine_and_why(tmp_path):
                    "probes: {disabled: [rapl, nvml, cpu_model, ram_model]}\n"
                    "declared: [{id: box, kind: other, watts: 10}]\n")
     doc = json.loads(carbonmeter("--json", "--", "true", config=cfg).stderr)
-    assert doc["scope"] == "machine" and doc["process_tree"] is None
-    assert doc["scope_note"].startswith("whole machine") and "not available" in doc["scope_note"]
+    assert doc["scope"] == "machine" and doc["method"] is None
+    assert doc["scope_note"].startswith("the whole machine's")
+    assert "could not be measured" in doc["scope_note"]
+    # the headline is then the machine's, and says so
+    assert (doc["energy_j"], doc["emissions_g"]) == (doc["machine"]["energy_j"],
+                                                     doc["machine"]["emissions_g"])

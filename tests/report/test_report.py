@@ -72,7 +72,10 @@ def test_totals_kinds_regions_and_equivalents_by_hand(log):
     assert s.runs == 2 and len(s.tasks) == 1 and s.duration_s == 100
     assert s.by_kind == {"cpu": pytest.approx(10800 / 3.6e6), "ram": pytest.approx(396 / 3.6e6)}
     assert s.by_device["ram"]["estimated"] and not s.by_device["package-0"]["estimated"]
-    assert s.intensity.region == "FR" and s.intensity.provider == "bundled"
+    [grid] = s.grids
+    assert (grid.intensity.region, grid.intensity.provider, grid.share) == ("FR", "bundled", 1.0)
+    # measured: both packages and the DRAM zone; estimated: the 36 J of the RAM model
+    assert s.measured_kwh == pytest.approx(11160 / 3.6e6)
     roles = {e.role: e for e in s.places}
     assert roles["configured"].grams == pytest.approx(0.26124)
     # Bhutan: the Central African Republic's 0 g/kWh is too coarse to rank (test_greenest)
@@ -119,7 +122,9 @@ def test_reads_codecarbon_emissions_csv(tmp_path):
     assert s.energy_kwh == pytest.approx(0.1) and s.emissions_g == pytest.approx(5.6)
     assert s.by_kind == {"cpu": pytest.approx(0.085), "ram": pytest.approx(0.015)}
     # the intensity its figures imply (2.8 g / 0.05 kWh) is France's row of the table
-    assert (s.intensity.region, s.intensity.provider) == ("FR", "bundled")
+    assert [(g.intensity.region, g.intensity.provider) for g in s.grids] == [("FR", "bundled")]
+    # its log does not say which devices were measured: nothing is counted as measured
+    assert not s.devices_known and s.measured_kwh == 0
     assert s.runs == 2 and s.duration_s == 7200
     assert {e.role: e.region.code for e in s.places}["dirtiest"] == "TM"
 

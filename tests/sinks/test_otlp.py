@@ -102,9 +102,12 @@ def test_serve_exports_hardware_conventions_that_match_prometheus(tmp_path, prot
     for p in points:
         by_name.setdefault(p.metric, []).append(p)
     assert set(by_name) == {"hw.energy", "hw.power", "hw.host.energy", "hw.host.power",
+                            "carbonmeter.host.estimated_energy", "carbonmeter.host.emissions",
                             "carbonmeter.emissions", "carbonmeter.carbon_intensity"}
     expected = {"hw.energy": ("J", "sum"), "hw.power": ("W", "gauge"),
                 "hw.host.energy": ("J", "sum"), "hw.host.power": ("W", "gauge"),
+                "carbonmeter.host.estimated_energy": ("J", "sum"),
+                "carbonmeter.host.emissions": ("g", "sum"),
                 "carbonmeter.emissions": ("g", "sum"),
                 "carbonmeter.carbon_intensity": ("g/kWh", "gauge")}
     for p in points:
@@ -132,6 +135,10 @@ def test_serve_exports_hardware_conventions_that_match_prometheus(tmp_path, prot
             assert p.value == prom[(prom_name, p.attributes["carbonmeter.device"])], otel
     assert energy["package-0"].value == pytest.approx(1234.5, abs=1e-3)
     assert by_name["hw.host.energy"][0].value == prom[("carbonmeter_host_energy_joules", "")]
+    for otel, prom_name in (("carbonmeter.host.estimated_energy",
+                             "carbonmeter_host_estimated_energy_joules"),
+                            ("carbonmeter.host.emissions", "carbonmeter_host_emissions_grams")):
+        assert by_name[otel][0].value == prom[(prom_name, "")], otel
     assert intensity.value == prom[("carbonmeter_carbon_intensity_grams_per_kilowatt_hour", "")]
 
     resource = points[0].resource

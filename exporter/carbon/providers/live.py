@@ -35,6 +35,7 @@ class _Good:
     intensity: Intensity
     at: float  # monotonic time of the fetch
     age0: float  # how old the value was when fetched
+    unix: float  # when the value was current: the fetch's wall-clock time less age0
 
 
 class Poller(Periodic):
@@ -73,7 +74,8 @@ class Poller(Periodic):
     def status(self) -> ProviderStatus:
         g = self._good
         return ProviderStatus(self.name, self._up, self._errors,
-                              None if g is None else g.intensity, self.age(), self._last_error)
+                              None if g is None else g.intensity, self.age(), self._last_error,
+                              None if g is None else g.unix)
 
     def poll_once(self) -> float:
         """One fetch; the seconds to wait before the next."""
@@ -89,7 +91,8 @@ class Poller(Periodic):
             why = f"the value's age {got.age_seconds!r} s is not a number of seconds"
         if why is not None:  # refused like a failed fetch: the last good value stays
             return self._failed(f"refused {why} ({got.intensity.source})", None)
-        self._good = _Good(got.intensity, self.clock(), max(got.age_seconds, 0.0))
+        age0 = max(got.age_seconds, 0.0)
+        self._good = _Good(got.intensity, self.clock(), age0, time.time() - age0)
         if not self._up:
             log.info("intensity provider %s: %g gCO2eq/kWh for %s%s", self.name,
                      got.intensity.g_per_kwh, got.intensity.region,
