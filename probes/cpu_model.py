@@ -1,51 +1,129 @@
-"""Estimated CPU power where no sensor can be read: TDP x a load curve.
+"""Estimated CPU power where no sensor can be read, and the whole-host estimate it is part of.
 
-The curve comes from SPECpower_ssj2008 results of real servers, as summarised by
-Teads Engineering (B. Davy, "Building an AWS EC2 carbon emissions dataset", 2021):
-a package draws 12 % of its TDP idle, 32 % at 10 % load, 75 % at 50 % and 102 % at
-full load. Power rises steeply at low load (cores leave deep C-states and turbo
-up) and flattens after, which a cubic such as TDP x (0.1 + 0.9 load³) misses: that
-one puts 50 % load at 21 % of TDP where servers measure about 75 %.
+The figures are fitted on measured servers (SPECpower_ssj2008 wall power at idle and at full
+load, see `carbonmeter.probes.power_model` and ``config/sources/fit_power.py``): a package of
+known TDP draws the generation's share of it, linear in load between the idle and the full
+figure; a CPU of unknown TDP draws its generation's per-thread figure times its threads; a guest
+draws its vCPUs' share of a host of its generation, never the whole package.
+
+Linear in load, because power measured against the OS's utilisation (RAPL sweeps) rises about
+linearly from idle to full; the curve this module used before (12 % of TDP idle, 32 % at 10 %
+load, 75 % at half load, after a 2021 blog's summary of SPECpower's throughput steps) rose far
+faster than that, and put idle at 12 % of TDP whatever the CPU.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
 import os
 from pathlib import Path
 
 from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.cpu_generations import cpu_generation as generation_of
+from carbonmeter.probes.cpu_names import lookup_tdp
+from carbonmeter.probes.power_model import (
+    HostEstimate,
+    PowerModel,
+    bundled_generations,
+    bundled_model,
+    bundled_tdps,
+    host_parts,
+)
 
 log = logging.getLogger(__name__)
 
-# (load, share of TDP): SPECpower_ssj2008 via Teads (2021), linear between points.
-LOAD_CURVE = ((0.0, 0.12), (0.10, 0.32), (0.50, 0.75), (1.00, 1.02))
 DEFAULT_TDP_PER_SOCKET_W = 85.0  # the median desktop/server TDP; used when all else fails
 
 
-def estimate_cpu_watts(tdp_watts: float, load: float, *, threads: int | None = None) -> float:
-    """Estimated package power at a CPU utilisation `load` (0..1) of all logical CPUs.
+def _check_load(load: float, threads: float | None) -> float:
+    """`load` clamped to 0..1, refusing what no jiffy rounding explains.
 
-    `threads` is the number of logical CPUs behind `load`, when the caller knows it.
-    The curve was measured with SMT on, on the OS's own utilisation, so it needs no
-    per-thread correction; `threads` only bounds `load` to what that many CPUs can
-    show: utilisation read as busy/total jiffies can overshoot 1 (or dip below 0)
-    by a jiffy per CPU when /proc/stat is read while counters tick, and such a
-    reading is clamped rather than extrapolated past the measured curve.
+    Utilisation read as busy/total jiffies can overshoot 1 (or dip below 0) by a jiffy per CPU
+    when /proc/stat is read while counters tick; such a reading is clamped rather than
+    extrapolated past the measured figures.
     """
-    if tdp_watts < 0:
-        raise ValueError(f"tdp_watts must be >= 0, got {tdp_watts}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    if not math.isfinite(load):
+        raise ValueError(f"load must be a finite number, got {load}")
+    if threads is not None and threads <= 0:
+        raise ValueError(f"threads must be > 0, got {threads}")
     slack = 0.0 if threads is None else 1.0 / (100 * threads)  # one jiffy per CPU per s
     if not -slack - 1e-9 <= load <= 1.0 + slack + 1e-9 and threads is not None:
         raise ValueError(f"load {load} is outside 0..1 for {threads} threads")
-    load = min(1.0, max(0.0, load))
-    for (x0, y0), (x1, y1) in itertools.pairwise(LOAD_CURVE):
-        if load <= x1:
-            return tdp_watts * (y0 + (y1 - y0) * (load - x0) / (x1 - x0))
-    return tdp_watts * LOAD_CURVE[-1][1]
+    return min(1.0, max(0.0, load))
+
+
+def estimate_cpu_watts(tdp_watts: float, load: float, *, threads: int | None = None,
+                       generation: str | None = None, model: PowerModel | None = None) -> float:
+    """Estimated package power, at the wall, at a CPU utilisation `load` (0..1) of all CPUs.
+
+    `tdp_watts` is the TDP of all packages; `generation` (a `cpu_generations` key) picks that
+    generation's shares of TDP, else the default row's. `threads` is the number of logical CPUs
+    behind `load`, when the caller knows it: it only bounds `load` (see `_check_load`).
+    """
+    if not tdp_watts >= 0:
+        raise ValueError(f"tdp_watts must be >= 0, got {tdp_watts}")
+    load = _check_load(load, threads)
+    f = (model or bundled_model()).figures(generation)
+    return tdp_watts * (f.tdp_idle + (f.tdp_full - f.tdp_idle) * load)
+
+
+def cpu_generation(cpu_name: str, *, cpu_family: int | None = None,
+                   cpu_model: int | None = None, vendor: str = "",
+                   generations: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(generation, what decided it), from the bundled lists unless `generations` is given."""
+    table = bundled_generations() if generations is None else generations
+    return generation_of(cpu_name, table, family=cpu_family, model=cpu_model, vendor=vendor)
+
+
+def estimate_host(cpu_name: str, *, sockets: int, threads: float, memory_gb: float,
+                  load: float, virtual: bool = False, cpu_family: int | None = None,
+                  cpu_model: int | None = None, vendor: str = "",
+                  tdp_watts: float | None = None, model: PowerModel | None = None,
+                  generations: dict[str, str] | None = None,
+                  tdps: dict[str, float] | None = None) -> HostEstimate:
+    """`estimate_host_watts` with what decided it: the case, the generation's figures, the
+    TDP and the expected error. `tdp_watts` (all sockets) overrides the table's TDP; `model`,
+    `generations` and `tdps` replace the bundled tables (the fitting script evaluates a model
+    before it is written)."""
+    if sockets < 1:
+        raise ValueError(f"sockets must be >= 1, got {sockets}")
+    if not memory_gb >= 0 or not math.isfinite(memory_gb):
+        raise ValueError(f"memory_gb must be >= 0, got {memory_gb}")
+    load = _check_load(load, threads)
+    model = model or bundled_model()
+    generation, _ = cpu_generation(cpu_name, cpu_family=cpu_family, cpu_model=cpu_model,
+                                   vendor=vendor, generations=generations)
+    known = generation in model.generations
+    figures = model.figures(generation)
+    if virtual:
+        tdp, case = None, "guest" if known else "guest_default"
+    else:
+        tdp = tdp_watts
+        if tdp is None and cpu_name:
+            found = lookup_tdp(cpu_name, bundled_tdps() if tdps is None else tdps)
+            tdp = found[0] * sockets if found else None
+        case = "tdp" if tdp is not None else "generation" if known else "default"
+    parts = host_parts(model, figures=figures, tdp_watts=tdp, sockets=sockets, threads=threads,
+                       memory_gb=memory_gb, load=load, virtual=virtual)
+    return HostEstimate(parts, case, figures, tdp, model.errors[case])
+
+
+def estimate_host_watts(cpu_name: str, *, sockets: int, threads: int, memory_gb: float,
+                        load: float, virtual: bool = False, cpu_family: int | None = None,
+                        cpu_model: int | None = None) -> dict[str, float]:
+    """The estimated power of a machine, in parts: ``{"cpu": W, "ram": W, "platform": W}``.
+
+    For a machine whose OS sees `threads` logical CPUs on `sockets` sockets and `memory_gb` of
+    memory, at utilisation `load` (0..1) of those CPUs. `virtual=True`: a guest with `threads`
+    vCPUs, priced as its share of a host of its CPU's generation (`sockets` is then unused).
+    The CPU is known by `cpu_name` (as /proc/cpuinfo spells it), else by `cpu_family` and
+    `cpu_model` (cpuinfo's numbers) when the name is hidden or generic. Pure: no I/O but the
+    bundled tables, read once.
+    """
+    return estimate_host(cpu_name, sockets=sockets, threads=threads, memory_gb=memory_gb,
+                         load=load, virtual=virtual, cpu_family=cpu_family,
+                         cpu_model=cpu_model).parts
 
 
 def read_cpuinfo(procfs: Path) -> tuple[str, int, int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from carbonmeter.probes.base import Paths, ProbeUnavailable
-from carbonmeter.probes.cpu_model import LOAD_CURVE, CpuModelProbe, estimate_cpu_watts
+from carbonmeter.probes.cpu_model import CpuModelProbe, estimate_cpu_watts
 from carbonmeter.probes.ram_model import RamModelProbe
 
 CPUINFO = """processor\t: {n}
@@ -43,27 +43,6 @@ def set_stat(root: Path, *, busy: int, idle: int) -> None:
         f"cpu0 {user} 0 {system} {idle - 100} 100 {irq} 0 0 0 0\nintr 1 2 3\n")
 
 
-@pytest.mark.parametrize(("load", "share"), LOAD_CURVE)
-def test_curve_passes_through_the_published_points(load, share):
-    assert estimate_cpu_watts(200.0, load) == pytest.approx(200.0 * share)
-
-
-def test_curve_is_monotonic_and_linear_between_points():
-    values = [estimate_cpu_watts(100.0, x / 100) for x in range(101)]
-    assert values == sorted(values)
-    assert estimate_cpu_watts(100.0, 0.3) == pytest.approx(32 + (75 - 32) * 0.5)
-    # the cubic CodeCarbon uses would say 100 x (0.1 + 0.9 x 0.125) = 21.25 W at half load
-    assert estimate_cpu_watts(100.0, 0.5) == pytest.approx(75.0)
-
-
-def test_threads_bound_the_load():
-    assert estimate_cpu_watts(100.0, 1.002, threads=4) == pytest.approx(102.0)
-    with pytest.raises(ValueError, match=r"outside 0\.\.1"):
-        estimate_cpu_watts(100.0, 1.5, threads=4)
-    with pytest.raises(ValueError):
-        estimate_cpu_watts(100.0, 0.5, threads=0)
-
-
 def test_probe_uses_table_tdp_times_sockets_and_stat_deltas(tmp_path):
     root = procfs(tmp_path)
     probe = CpuModelProbe(Paths(procfs=root), tdp_table={"xeon platinum 8375c": 300.0})
@@ -71,9 +50,10 @@ def test_probe_uses_table_tdp_times_sockets_and_stat_deltas(tmp_path):
     set_stat(root, busy=1000 + 500, idle=9000 + 500)  # 50 % busy since the last read
     (reading,) = probe.read().readings
     assert reading.device.estimated and reading.device.kind == "cpu"
-    assert reading.power_w == pytest.approx(600 * 0.75)
+    # the package curve itself is tested in test_host_estimate.py
+    assert reading.power_w == pytest.approx(estimate_cpu_watts(600, 0.5))
     set_stat(root, busy=1500, idle=9500 + 1000)  # idle since
-    assert probe.read().readings[0].power_w == pytest.approx(600 * 0.12)
+    assert probe.read().readings[0].power_w == pytest.approx(estimate_cpu_watts(600, 0.0))
 
 
 def test_configured_tdp_wins_and_unknown_cpu_gets_the_default(tmp_path):
