@@ -12,6 +12,8 @@ count, uncore) than on the model within it, and a guest often sees no usable mod
   Xeon Scalable numbers carry it in their second digit (Platinum 8180 first, 8280 second, 8380
   third, 8480 fourth, 8580 fifth; a third with an H suffix is Cooper Lake, Cascade Lake's
   sibling), and Xeon 6 P-core parts (6980P) are Granite Rapids;
+- the code names in the names hypervisors and clouds give their CPU models (QEMU's ``Intel
+  Xeon Processor (Cascadelake)``, ``AMD EPYC-Milan Processor``; AWS's ``Intel Xeon Ice Lake``);
 - the family and model numbers in ``/proc/cpuinfo``, which a hypervisor passes through even when
   it rewrites the name: Intel's in the Intel 64 and IA-32 Architectures Software Developer's
   Manual (volume 4, the model-specific register tables list each DisplayFamily_DisplayModel)
@@ -30,12 +32,24 @@ import re
 
 from carbonmeter.probes.cpu_names import lookup_model, normalise_cpu_model
 
-__all__ = ["cpu_generation", "generation_from_name", "generation_from_number",
-           "generation_from_signature", "parse_generation_table"]
+__all__ = ["cpu_generation", "generation_from_codename", "generation_from_name",
+           "generation_from_number", "generation_from_signature", "parse_generation_table"]
 
 _EPYC = re.compile(r"\bepyc [2-9][0-9a-z]{2}([1-5])[a-z]*\b")
 _XEON_SCALABLE = re.compile(r"\b(?:platinum|gold|silver|bronze) [3-9]([1-5])\d\d([a-z+]*)\b")
 _XEON_6 = re.compile(r"\bxeon 6\d{3}p\b")
+# Code names, as they appear with spaces, hyphens and case removed ("Ice Lake", "IceLake-Server").
+_INTEL_CODENAMES = (
+    ("sandybridge", "intel-sandybridge"), ("ivybridge", "intel-ivybridge"),
+    ("haswell", "intel-haswell"), ("broadwell", "intel-broadwell"),
+    ("cascadelake", "intel-cascadelake"), ("cooperlake", "intel-cascadelake"),
+    ("icelake", "intel-icelake"), ("sapphirerapids", "intel-sapphirerapids"),
+    ("emeraldrapids", "intel-emeraldrapids"), ("graniterapids", "intel-graniterapids"),
+    ("coffeelake", "intel-coffeelake"),
+)
+_AMD_CODENAMES = (("naples", "1"), ("rome", "2"), ("milan", "3"), ("genoa", "4"),
+                  ("bergamo", "4"), ("siena", "4"), ("turin", "5"))
+_EPYC_NTH_GEN = re.compile(r"epyc(\d)(?:st|nd|rd|th)gen")
 _SCALABLE_GENERATIONS = {"1": "intel-skylake-server", "2": "intel-cascadelake",
                          "3": "intel-icelake", "4": "intel-sapphirerapids",
                          "5": "intel-emeraldrapids"}
@@ -108,15 +122,39 @@ def generation_from_number(name: str) -> str | None:
     return None
 
 
+def generation_from_codename(name: str) -> str | None:
+    """The generation a code name in a CPU's name gives (module docstring)."""
+    compact = re.sub(r"[^a-z0-9]", "", name.lower())
+    if "epyc" in compact:
+        if m := _EPYC_NTH_GEN.search(compact):
+            return f"amd-epyc-gen{m.group(1)}" if m.group(1) in "12345" else None
+        for codename, generation in _AMD_CODENAMES:
+            if codename in compact:
+                return f"amd-epyc-gen{generation}"
+    if "skylake" in compact:
+        client = "core" in compact or "client" in compact
+        return "intel-skylake-client" if client else "intel-skylake-server"
+    for codename, generation in _INTEL_CODENAMES:
+        if codename in compact:
+            return generation
+    if "graviton2" in compact or "neoversen1" in compact:
+        return "amd-neoverse-n1"  # CCF's list name for Neoverse N1 parts (Graviton 2, Altra)
+    return None
+
+
 def cpu_generation(name: str, table: dict[str, str], *, family: int | None = None,
                    model: int | None = None, vendor: str = "") -> tuple[str | None, str]:
-    """(generation, what decided it): the lists, else the model number, else family/model."""
+    """(generation, what decided it): the lists, else the model number, else a code name,
+    else family and model."""
     found = generation_from_name(name, table)
     if found:
         return found[0], f"model name '{name}' (list entry '{found[1]}')"
     by_number = generation_from_number(name) if name else None
     if by_number:
         return by_number, f"model number of '{name}'"
+    by_codename = generation_from_codename(name) if name else None
+    if by_codename:
+        return by_codename, f"code name in '{name}'"
     by_signature = generation_from_signature(family, model, vendor)
     if by_signature:
         return by_signature, f"cpu family {family}, model {model}"

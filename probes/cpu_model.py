@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
 from carbonmeter.probes.cpu_generations import cpu_generation as generation_of
 from carbonmeter.probes.cpu_names import lookup_tdp
+from carbonmeter.probes.machine import Machine
 from carbonmeter.probes.power_model import (
     HostEstimate,
     PowerModel,
@@ -81,19 +83,21 @@ def estimate_host(cpu_name: str, *, sockets: int, threads: float, memory_gb: flo
                   cpu_model: int | None = None, vendor: str = "",
                   tdp_watts: float | None = None, model: PowerModel | None = None,
                   generations: dict[str, str] | None = None,
-                  tdps: dict[str, float] | None = None) -> HostEstimate:
+                  tdps: dict[str, float] | None = None,
+                  generation: str | None = None) -> HostEstimate:
     """`estimate_host_watts` with what decided it: the case, the generation's figures, the
     TDP and the expected error. `tdp_watts` (all sockets) overrides the table's TDP; `model`,
     `generations` and `tdps` replace the bundled tables (the fitting script evaluates a model
-    before it is written)."""
+    before it is written); `generation` skips finding it (machine detection found it)."""
     if sockets < 1:
         raise ValueError(f"sockets must be >= 1, got {sockets}")
     if not memory_gb >= 0 or not math.isfinite(memory_gb):
         raise ValueError(f"memory_gb must be >= 0, got {memory_gb}")
     load = _check_load(load, threads)
     model = model or bundled_model()
-    generation, _ = cpu_generation(cpu_name, cpu_family=cpu_family, cpu_model=cpu_model,
-                                   vendor=vendor, generations=generations)
+    if generation is None:
+        generation, _ = cpu_generation(cpu_name, cpu_family=cpu_family, cpu_model=cpu_model,
+                                       vendor=vendor, generations=generations)
     known = generation in model.generations
     figures = model.figures(generation)
     if virtual:
@@ -107,6 +111,49 @@ def estimate_host(cpu_name: str, *, sockets: int, threads: float, memory_gb: flo
     parts = host_parts(model, figures=figures, tdp_watts=tdp, sockets=sockets, threads=threads,
                        memory_gb=memory_gb, load=load, virtual=virtual)
     return HostEstimate(parts, case, figures, tdp, model.errors[case])
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a detected machine is priced: as a whole host, or as its share of one."""
+
+    share: bool  # a guest or a CPU-limited container: vCPUs x the generation's per-thread figures
+    threads: float  # logical CPUs priced (a container's limit may be a fraction)
+    memory_gb: float
+    basis: str  # one line for `carbonmeter probes`
+
+
+def machine_pricing(machine: Machine) -> Pricing:
+    """A container held to a CPU limit is priced by the limit (and by its memory limit, else
+    its share of the machine's memory); a guest by its vCPUs and memory; else the host."""
+    memory = machine.memory_gb or 0.0
+    cpus = machine.cpu_limit
+    if cpus is not None:
+        limits = machine.limits
+        mem = limits.memory_gb if limits and limits.memory_gb is not None else (
+            memory * min(1.0, cpus / machine.cpu.threads))
+        mem = min(mem, memory) if memory else mem
+        return Pricing(True, cpus, mem, f"container limited to {cpus:g} CPUs and "
+                       f"{mem:.1f} GiB: its share of a host")
+    if machine.virtual:
+        return Pricing(True, machine.cpu.threads, memory,
+                       f"guest of {machine.hypervisor.name}: {machine.cpu.threads} vCPUs and "
+                       f"{memory:.1f} GiB, its share of a host")
+    return Pricing(False, machine.cpu.threads, memory,
+                   f"bare metal: {machine.cpu.sockets} socket(s), {machine.cpu.threads} "
+                   f"threads, {memory:.1f} GiB")
+
+
+def estimate_machine(machine: Machine, load: float, *, tdp_watts: float | None = None,
+                     model: PowerModel | None = None) -> HostEstimate:
+    """The estimate that follows from what `machine.detect` found, at utilisation `load` of
+    the CPUs priced (a container's: its own CPU time over its limit)."""
+    pricing = machine_pricing(machine)
+    return estimate_host(
+        machine.cpu.name, sockets=machine.cpu.sockets, threads=pricing.threads,
+        memory_gb=pricing.memory_gb, load=load, virtual=pricing.share,
+        tdp_watts=None if pricing.share else tdp_watts, model=model,
+        generation=machine.generation or "")
 
 
 def estimate_host_watts(cpu_name: str, *, sockets: int, threads: int, memory_gb: float,

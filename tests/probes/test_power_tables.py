@@ -131,6 +131,28 @@ def test_shared_parts_and_error_bars() -> None:
     assert model.errors["guest_default"][1] > model.errors["guest"][1]
 
 
+# --- cloud_instances.csv -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("provider", "instance_type", "row"), [
+    # read by hand from the CCF lists; the generation is the one the runtime finds for the CPU
+    ("aws", "m5.large", ["2", "8", "Intel Xeon Platinum 8175M", "intel-skylake-server"]),
+    ("aws", "m7a.large", ["2", "8", "AMD EPYC 9R14", "amd-epyc-gen4"]),
+    ("aws", "c7g.large", ["2", "4", "AWS Graviton3 Processor", ""]),  # Neoverse V1: no list
+    ("gcp", "n2-standard-4", ["4", "16", "Intel Xeon Platinum 8373C", "intel-icelake"]),
+    ("azure", "D16as v4", ["16", "64", "EPYC 2nd Gen", "amd-epyc-gen2"]),
+    # a size that runs on four microarchitectures has no one generation
+    ("azure", "D1 v2", ["1", "3.5", "Haswell / Cascade Lake / Skylake / Broadwell", ""]),
+])
+def test_instance_rows(provider: str, instance_type: str, row: list[str]) -> None:
+    comments, rows = _comments_and_rows("cloud_instances.csv")
+    assert "config/sources/fit_power.py" in comments and "Cloud Carbon Footprint" in comments
+    by_key = {(r["provider"], r["instance_type"]): r for r in rows}
+    assert len(by_key) == len(rows) == 1195 + 339 + 393
+    r = by_key[(provider, instance_type)]
+    assert [r["vcpus"], r["memory_gb"], r["cpu"], r["generation"]] == row
+
+
 # --- with the raw reference data ------------------------------------------------------------------
 
 
@@ -153,7 +175,8 @@ def test_fit_reproduces_committed_tables(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(CONFIG / "sources" / "fit_power.py"),
                     "--data", str(REFERENCE_DATA), "--out", str(tmp_path)],
                    check=True, capture_output=True, text=True)
-    for name in ("cpu_generations.csv", "power_model.csv", "power_params.csv"):
+    for name in ("cpu_generations.csv", "power_model.csv", "power_params.csv",
+                 "cloud_instances.csv"):
         assert (tmp_path / name).read_bytes() == (CONFIG / name).read_bytes(), name
 
 
