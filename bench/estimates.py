@@ -174,7 +174,7 @@ def main() -> None:
     recognised: dict[str, Callable[[object], bool]] = {
         "carbonmeter before": lambda r: lookup_tdp(r.cpu, tdps) is not None,
         "carbonmeter after": lambda r: (lookup_tdp(r.cpu, tdps) is not None
-                                        or r.generation in model.generations),
+                                        or r.generation is not None),
         "CodeCarbon 3.3.2": lambda r: cc["tdp"][r.cpu] is not None,
         "Cloud Carbon Footprint": lambda r: ccf_generation(r) in CCF_WATTS,
     }

@@ -65,7 +65,7 @@ def main() -> None:
             pn, pw, pc = loop(p.read, args.seconds / 2)
             per_probe.append([f"  {p.name}.read() ({len(p.devices)} devices)",
                               f"{pw / pn * 1e6:.1f}", f"{pc / pn * 1e6:.1f}", ""])
-        sampler.stop()
+        sampler.close()
     rows = [
         [f"sample(): {devices} devices", f"{wall / n * 1e6:.1f}", f"{cpu / n * 1e6:.1f}",
          f"{n / wall:,.0f}"],

@@ -6,19 +6,10 @@ import argparse
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from carbonmeter.config import Config, ConfigError
 
-if TYPE_CHECKING:
-    from carbonmeter.carbon.intensity import IntensitySource
-    from carbonmeter.server.webconfig import WebConfig
-    from carbonmeter.snapshot import Snapshot
-
 log = logging.getLogger("carbonmeter")
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _setup_logging(level: str) -> None:
@@ -32,161 +23,18 @@ def _load(args: argparse.Namespace, **cli: object) -> Config:
     return config.load(args.config, overrides={k: v for k, v in cli.items() if v is not None})
 
 
-def _intensity(cfg: Config) -> IntensitySource:
-    from carbonmeter.carbon.resolve import resolve
-
-    try:
-        return resolve(cfg.carbon)  # an unknown region is a configuration error too
-    except ConfigError as e:
-        raise cfg.error(e) from None
-
-
-def _web_config(cfg: Config) -> WebConfig | None:
-    if cfg.server.web_config_file is None:
-        return None
-    from carbonmeter.server import webconfig
-
-    try:
-        return webconfig.load(cfg.server.web_config_file)
-    except ConfigError as e:
-        raise cfg.error(ConfigError(f"server.web_config_file: {e}")) from None
-
-
 def serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from carbonmeter import app
 
-    from carbonmeter import state
-    from carbonmeter.config import parse_listen
-    from carbonmeter.discovery import discover
-    from carbonmeter.sampler import Sampler
-    from carbonmeter.sinks.emissions_log import IntervalWriter, RowContext, new_run_id, open_log
-    from carbonmeter.sinks.prometheus import Renderer, make_server
-
-    # SIGTERM and SIGINT are taken by sigwait() below, never by a handler: a handler that
-    # wakes the main thread can deadlock when it interrupts that thread inside the very
+    # SIGTERM and SIGINT are taken by sigwait() in app.serve, never by a handler: a handler
+    # that wakes the main thread can deadlock when it interrupts that thread inside the very
     # Event it sets. Blocked before any thread starts, so every thread inherits the mask;
     # a signal during start-up waits, and then stops the exporter cleanly.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, app.STOP_SIGNALS)
     cfg = _load(args, **{"server.listen": args.listen, "sampler.interval_seconds": args.interval,
                          "server.web_config_file": args.web_config_file})
     _setup_logging(cfg.log.level)
-    intensity = _intensity(cfg)
-    pollers = []
-    if cfg.carbon.providers:  # urllib and ssl load only when a provider is configured
-        from carbonmeter.carbon import providers
-
-        pollers = providers.build(cfg.carbon.providers, cfg.source)
-    host, port = parse_listen(cfg.server.listen)
-    web = _web_config(cfg)  # a bad certificate or hash stops here, before anything runs
-    probes, reports = discover(cfg)
-    for r in reports:
-        if r.available:
-            log.info("probe %s: %s%s", r.name, ", ".join(r.devices),
-                     f" ({r.reason})" if r.reason else "")
-        else:
-            log.info("probe %s not used: %s", r.name, r.reason)
-    now = intensity.current()
-    if now.provider == "default":
-        log.warning("no carbon.region configured: using the world average of %g gCO2eq/kWh "
-                    "(%s); set carbon.region (for example FR) for your grid", now.g_per_kwh,
-                    now.source)
-    else:
-        log.info("carbon intensity %g gCO2eq/kWh for %s (%s)", now.g_per_kwh, now.region,
-                 now.source)
-    live = None
-    if pollers:
-        from carbonmeter.carbon.providers.live import LiveSource
-
-        live = LiveSource(pollers, intensity)
-        log.info("live intensity from %s; until one answers, and whenever all are older "
-                 "than their staleness_seconds: the intensity above",
-                 ", ".join(p.name for p in pollers))
-    embodied = None
-    if cfg.embodied.devices:
-        from carbonmeter.embodied import Embodied
-
-        embodied = Embodied(cfg.embodied.devices)
-    attributor = None
-    if cfg.attribution.level != "none":
-        from carbonmeter import attribution
-
-        try:
-            attributor = attribution.build(cfg, probes)
-        except attribution.Unavailable as e:
-            log.error("attribution off: %s", e)
-        else:
-            log.info("attribution per %s (scope %s): %s", cfg.attribution.level,
-                     cfg.attribution.scope, attributor.source.method if attributor else "")
-    sampler = Sampler(probes, live or intensity, pue=cfg.carbon.pue,
-                      interval=cfg.sampler.interval_seconds, embodied=embodied,
-                      providers=live.statuses if live else None, attributor=attributor,
-                      probe_timeout=cfg.sampler.probe_timeout_seconds)
-    try:
-        server = make_server(host, port, Renderer(lambda: sampler.latest), sampler.alive, web)
-    except OSError as e:
-        log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
-        sampler.stop()
-        return 1
-    store = state.Store.open(cfg.state.path)
-    checkpointer = None
-    if store is not None:
-        boot = state.boot_id(Path(cfg.paths.procfs))
-        restored = store.load()
-        if restored is not None:
-            sampler.restore(restored, boot)
-        checkpointer = state.Checkpointer(store, boot, sampler.export,
-                                          cfg.state.checkpoint_seconds)
-        checkpointer.start()
-    if live is not None:
-        live.start()
-    sampler.start()
-    log_writer = None
-    emissions_log = open_log(cfg.emissions_log)
-    if emissions_log is not None:
-        log_writer = IntervalWriter(emissions_log, lambda: sampler.latest,
-                                    cfg.sampler.interval_seconds,
-                                    RowContext(cfg.emissions_log.project_name, new_run_id()))
-        log_writer.start()
-        log.info("emissions log: one row per interval in %s (%s)", emissions_log.path,
-                 emissions_log.format)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    log.info("serving %s://%s:%d/metrics every %gs%s", "https" if web and web.tls else "http",
-             host, server.server_address[1], cfg.sampler.interval_seconds,
-             " with basic auth" if web and web.users else "")
-    sinks = _start_sinks(cfg, lambda: sampler.latest)  # after: their imports take a while
-    signum = signal.sigwait(STOP_SIGNALS)
-    log.info("received %s, stopping", signal.Signals(signum).name)
-    server.shutdown()
-    server.server_close()
-    if live is not None:
-        live.close()
-    sampler.stop()
-    for sink in sinks:
-        sink.close()
-    if log_writer is not None:
-        log_writer.stop()
-    if checkpointer is not None:
-        checkpointer.stop()  # the last checkpoint, after the last sample
-    log.info("stopped")
-    return 0
-
-
-def _start_sinks(cfg: Config, latest: Callable[[], Snapshot]) -> list[Any]:
-    """The push sinks configured; each has close(), which sends the final totals. One
-    that cannot start is reported and the exporter goes on without it."""
-    sinks: list[Any] = []
-    if cfg.otlp.enabled:
-        try:
-            from carbonmeter.sinks import otlp
-
-            sinks.append(otlp.start(cfg.otlp, latest))
-        except Exception as e:
-            log.error("OTLP export not started: %s: %s", type(e).__name__, e)
-    if cfg.pushgateway.url is not None:
-        from carbonmeter.sinks import pushgateway
-
-        sinks.append(pushgateway.start(cfg.pushgateway, latest, cfg.sampler.interval_seconds))
-    return sinks
+    return app.serve(cfg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,6 +64,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def probes(args: argparse.Namespace) -> int:
+    from carbonmeter.app import intensity_source
     from carbonmeter.discovery import discover
 
     cfg = _load(args)
@@ -231,7 +80,7 @@ def probes(args: argparse.Namespace) -> int:
             print(f"{'':<{width}}    {line}")
     for p in found:
         p.close()
-    i = _intensity(cfg).current()
+    i = intensity_source(cfg).current()
     where = ("no carbon.region set: world average" if i.provider == "default"
              else f"region {i.region}")
     print(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
@@ -250,10 +99,7 @@ def regions(args: argparse.Namespace) -> int:
     if args.provider:
         rows = tuple(r for r in rows if (r.provider or r.kind) == args.provider)
     if args.search:
-        words = args.search.casefold().split()
-        rows = tuple(r for r in rows if all(
-            w in f"{r.code} {r.alpha3} {r.name} {r.kind} {r.provider}".casefold()
-            for w in words))
+        rows = carbon.search(args.search, rows)
     if not rows:
         print("no region matches; `carbonmeter regions` lists them all", file=sys.stderr)
         return 1
@@ -265,21 +111,23 @@ def regions(args: argparse.Namespace) -> int:
         cells = zip(row[:5], widths, strict=True)
         print("  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(cells))
               + "  " + row[5])
-    print(f"\n{len(rows)} regions. Use as carbon.region (country, state, province, zone) "
-          "or carbon.cloud: {provider: P, region: CODE} (cloud).", file=sys.stderr)
+    print(f"\n{len(rows)} region{'' if len(rows) == 1 else 's'}. Use as carbon.region (country, "
+          "state, province, zone) or carbon.cloud: {provider: P, region: CODE} (cloud).",
+          file=sys.stderr)
     return 0
 
 
 def config_check(args: argparse.Namespace) -> int:
     from carbonmeter import config
+    from carbonmeter.app import intensity_source, web_config
 
     cfg = config.load(args.file)
-    _intensity(cfg)  # an unknown region is a configuration error too
+    intensity_source(cfg)  # an unknown region is a configuration error too
     if cfg.carbon.providers:  # so are a missing secret and a bad json_path
         from carbonmeter.carbon import providers
 
         providers.build(cfg.carbon.providers, cfg.source)
-    _web_config(cfg)
+    web_config(cfg)
     sys.stdout.write(f"# {args.file}: valid; the effective configuration:\n")
     sys.stdout.write(config.dump(cfg))
     return 0

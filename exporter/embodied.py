@@ -9,20 +9,20 @@ kgCO2eq x 1000 / lifetime grams per second of the exporter's runtime, on the mon
 
 from __future__ import annotations
 
-from carbonmeter.config import Hardware
+from carbonmeter.config import HardwareConfig
 from carbonmeter.snapshot import EmbodiedTotal
 
 SECONDS_PER_YEAR = 365.25 * 86_400  # Julian year, as lifetimes are quoted in years
 
 
-def grams_per_second(hw: Hardware) -> float:
+def grams_per_second(hw: HardwareConfig) -> float:
     return hw.kg_co2eq * 1000.0 / (hw.lifetime_years * SECONDS_PER_YEAR)
 
 
 class Embodied:
     """Running totals per configured part; advanced by the sampler on each sample."""
 
-    def __init__(self, devices: dict[str, Hardware]) -> None:
+    def __init__(self, devices: dict[str, HardwareConfig]) -> None:
         self.rates = {name: grams_per_second(hw) for name, hw in devices.items()}
         self.grams = dict.fromkeys(devices, 0.0)
         self._t: float | None = None

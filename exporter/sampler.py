@@ -33,6 +33,8 @@ BACKOFF_MAX_S = 60.0  # a failing probe is retried at least this often
 
 
 class Sampler:
+    name = "sampler"
+
     def __init__(self, probes: list[Probe], intensity: IntensitySource, *, pue: float,
                  interval: float, embodied: Embodied | None = None,
                  providers: Callable[[], tuple[ProviderStatus, ...]] | None = None,
@@ -56,7 +58,7 @@ class Sampler:
         # the host counters never switch between a meter and a sum (and never go back).
         self.metered = any(d.scope == HOST for p in probes for d in p.devices)
         self._guards = [GuardedProbe(p, clock, inline=probe_timeout is None
-                                     or not getattr(p, "may_block", True)) for p in probes]
+                                     or not p.may_block) for p in probes]
         self._errors = {p.name: 0 for p in probes}
         self._last_error = {p.name: "" for p in probes}
         self._up = {p.name: True for p in probes}
@@ -195,7 +197,7 @@ class Sampler:
         )
 
     def run(self, *, first_now: bool = True) -> None:
-        """Sample every `interval` seconds until stop(); late samples are not bunched.
+        """Sample every `interval` seconds until close(); late samples are not bunched.
         `first_now=False` waits one interval first (the caller has just sampled)."""
         deadline = time.monotonic() + (0.0 if first_now else self.interval)
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
@@ -210,7 +212,8 @@ class Sampler:
                                         name="sampler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """End the loop after the sample in progress, and close every probe."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

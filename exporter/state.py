@@ -21,7 +21,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,40 +304,3 @@ def _write_durably(path: Path, data: bytes, prefix: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-
-
-# -- periodic checkpoints -------------------------------------------------------------------
-
-
-class Checkpointer:
-    """Writes `export()` every `every` seconds on its own thread, so a slow or hung disk
-    never delays sampling; `stop()` writes a last checkpoint."""
-
-    def __init__(self, store: Store, boot: str, export: Callable[[], dict[str, Any]],
-                 every: float) -> None:
-        self.store = store
-        self.boot = boot
-        self.export = export
-        self.every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        written = None
-        while not self._stop.wait(self.every):
-            try:
-                checkpoint = self.export()
-                if checkpoint != written:  # no sample since the last one: nothing to write
-                    self.store.save(self.boot, checkpoint)
-                    written = checkpoint
-            except Exception:  # a bug must not end checkpointing for good
-                log.exception("state: checkpoint failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        self.store.save(self.boot, self.export())

@@ -21,7 +21,16 @@ import os
 import re
 from pathlib import Path
 
-from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    Device,
+    Paths,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+)
 from carbonmeter.probes.cpu_model import read_cpuinfo
 from carbonmeter.probes.hwmon import Sensor, read_value, scan
 
@@ -31,11 +40,11 @@ _SOCKET = re.compile(r"Esocket(\d+)")
 WRAP_32BIT_UJ = 2**32 * 1_000_000 // 2**16  # 65_536_000_000
 
 
-class AmdEnergyProbe:
+class AmdEnergyProbe(Probe):
     """One device per socket: ``package-N``, named like RAPL's so dashboards carry over."""
 
     name = "amd_energy"
-    may_block = False  # see probes.base.Probe
+    may_block = False  # hwmon files of a CPU register: a read never waits
     covers = frozenset({"cpu"})
 
     def __init__(self, paths: Paths) -> None:
@@ -103,3 +112,11 @@ def _why(e: Exception) -> str:
     if isinstance(e, ValueError):
         return "not a number (driver unloaded?)"
     return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
+
+
+def _make(settings: None, ctx: ProbeContext) -> AmdEnergyProbe:
+    return AmdEnergyProbe(ctx.paths)
+
+
+# Where RAPL already measures the CPU, the driver's counters are the same registers.
+SPEC = ProbeSpec("amd_energy", order=20, make=_make, replaces=frozenset({"cpu"}))

@@ -1,19 +1,26 @@
-"""The one interface every power source implements.
+"""The one interface every power source implements, and how a probe declares itself.
 
 A probe knows hardware and nothing else: it discovers devices once, then on each
 `read()` returns what the hardware says right now. It never integrates, never
 knows about carbon or exposition formats; the exporter does that, once, for all.
+
+Each probe module ends with a `SPEC` (ProbeSpec): its name, its place in discovery, its
+settings (a section of the configuration) and its factory. `carbonmeter.probes.registry()`
+collects them, so a new probe is its module, its section of the default configuration and its
+tests; neither discovery nor the configuration code lists probes by name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from types import MappingProxyType
+from typing import Any, Protocol
 
 KINDS = ("cpu", "dram", "gpu", "ram", "platform", "other")
 
-# Where a device's energy goes in the host totals (exporter/sampler.py, host_totals):
+# Where a device's energy goes in the host totals (carbonmeter.snapshot.counted):
 PART = "part"  # a component inside the host (a CPU package, a GPU): summed into the host total
 HOST = "host"  # a meter of the whole host (the BMC over IPMI or Redfish, an ACPI power meter):
 # when one runs, it IS the host total and the parts stay a breakdown, never added to it
@@ -104,24 +111,75 @@ class Paths:
 class Probe(Protocol):
     """A power source. Construction discovers devices or raises ProbeUnavailable.
 
-    A probe may set `may_block = False` when its reads cannot hang: values the kernel keeps
-    in memory or reads from a CPU register (powercap, procfs), or none at all. The exporter
-    then reads it in the sampling thread; every other probe reads on a thread of its own
-    under a timeout (exporter/guard.py), which costs two thread hand-offs a read.
+    Probes subclass this protocol, so the optional capabilities below have their defaults:
+
+    - `may_block = False` when reads cannot hang: values the kernel keeps in memory or reads
+      from a CPU register (powercap, procfs), or none at all. The exporter then reads the probe
+      in the sampling thread; every other probe reads on a thread of its own under a timeout
+      (carbonmeter.guard), which costs two thread hand-offs a read.
+    - `modes` (device id -> how it is measured) and `skipped` ((what, why) pairs), which
+      `notes()` turns into the lines `carbonmeter probes` prints under the probe.
+    - `idle_watts()`: the power a model assumes for its devices at rest, for attribution's
+      idle share; measured probes know none.
     """
 
     name: str
-
-    @property
-    def devices(self) -> tuple[Device, ...]: ...
-
-    @property
-    def covers(self) -> frozenset[str]:
-        """Device kinds this probe measures, so weaker sources for them stand down."""
-        ...
+    devices: tuple[Device, ...]  # found at construction; fixed for the probe's life
+    covers: frozenset[str]  # kinds of device it measures, so weaker sources stand down
+    may_block: bool = True
+    modes: Mapping[str, str] = MappingProxyType({})
+    skipped: Sequence[tuple[str, str]] | Mapping[str, str] = ()
 
     def read(self) -> ProbeRead:
         """Read every device now. One failing device never hides the others."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what discovery opened (file descriptors, a library, a child process)."""
+
+    def notes(self) -> tuple[str, ...]:
+        """How it measures, one line each: per device, then what it left out and why."""
+        skipped = dict(self.skipped)
+        return (*(f"{d}: {m}" for d, m in self.modes.items()),
+                *(f"skipped {d}: {why}" for d, why in skipped.items()))
+
+    def idle_watts(self) -> dict[str, float]:
+        """Device id -> the power this probe's model assumes at rest."""
+        return {}
+
+
+def limits(**checks: Any) -> dict[str, Any]:
+    """`field(**limits(min=0, max=100))`: what the configuration checks in a setting —
+    min, max, choices, length, keys, values, a named check (file, url, listen, ...), secret."""
+    return {"metadata": checks}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeContext:
+    """What every probe factory may use besides its own settings."""
+
+    paths: Paths
+    interval: float  # the sampling interval, seconds
+    # kind of device -> the probe that already measures it (earlier in discovery order)
+    measured: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """How discovery finds, configures and starts one probe.
+
+    `order` places it in discovery: component sensors first (10-69), whole-host meters
+    (70-89), declared devices (90), estimates last (100+), so a later source can stand down
+    for what an earlier one measures. `replaces`: kinds of device (or "host", a whole-host
+    meter) whose measurement by an earlier probe makes this one unneeded. `settings` is the
+    section's frozen dataclass (or list[...] for a list section such as `declared`), checked
+    by the configuration with the limits of its fields; `make(settings, context)` builds the
+    probe or raises ProbeUnavailable.
+    """
+
+    name: str
+    order: int
+    make: Callable[[Any, ProbeContext], Probe]
+    section: str | None = None
+    settings: Any = None
+    replaces: frozenset[str] = frozenset()

@@ -36,7 +36,9 @@ __all__ = ["cpu_generation", "generation_from_codename", "generation_from_name",
            "generation_from_number", "generation_from_signature", "parse_generation_table"]
 
 _EPYC = re.compile(r"\bepyc [2-9][0-9a-z]{2}([1-5])[a-z]*\b")
-_XEON_SCALABLE = re.compile(r"\b(?:platinum|gold|silver|bronze) [3-9]([1-5])\d\d([a-z+]*)\b")
+# A tier word, or none before a "+" suffix (Sapphire and Emerald Rapids: "Xeon 8480+").
+_XEON_SCALABLE = re.compile(
+    r"\b(?:platinum|gold|silver|bronze|xeon(?= \d{4}[a-z]*\+)) [3-9]([1-5])\d\d([a-z+]*)")
 _XEON_6 = re.compile(r"\bxeon 6\d{3}p\b")
 # Code names, as they appear with spaces, hyphens and case removed ("Ice Lake", "IceLake-Server").
 _INTEL_CODENAMES = (

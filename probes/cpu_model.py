@@ -17,13 +17,24 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    Device,
+    Paths,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 from carbonmeter.probes.cpu_generations import cpu_generation as generation_of
 from carbonmeter.probes.cpu_names import lookup_tdp
-from carbonmeter.probes.machine import Machine
+from carbonmeter.probes.machine import Machine, detect, read_cpu
 from carbonmeter.probes.power_model import (
     HostEstimate,
     PowerModel,
@@ -34,8 +45,6 @@ from carbonmeter.probes.power_model import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TDP_PER_SOCKET_W = 85.0  # the median desktop/server TDP; used when all else fails
 
 
 def _check_load(load: float, threads: float | None) -> float:
@@ -175,21 +184,8 @@ def estimate_host_watts(cpu_name: str, *, sockets: int, threads: int, memory_gb:
 
 def read_cpuinfo(procfs: Path) -> tuple[str, int, int]:
     """(model name, sockets, logical CPUs) from /proc/cpuinfo."""
-    model, sockets, threads = "", set(), 0
-    try:
-        text = (procfs / "cpuinfo").read_text(errors="replace")
-    except OSError:
-        return "", 1, os.cpu_count() or 1
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "processor":
-            threads += 1
-        elif key == "model name" and not model:
-            model = value.strip()
-        elif key == "physical id":
-            sockets.add(value.strip())
-    return model, max(1, len(sockets)), max(1, threads)
+    cpu = read_cpu(procfs)
+    return cpu.name, cpu.sockets, cpu.threads
 
 
 def _stat_times(fd: int) -> tuple[int, int]:
@@ -201,48 +197,145 @@ def _stat_times(fd: int) -> tuple[int, int]:
     return total - values[3] - values[4], total
 
 
-class CpuModelProbe:
-    """One estimated device for all CPU packages, fed by /proc/stat utilisation."""
+class LoadMeter:
+    """The utilisation of the CPUs a machine is priced by, over each interval between reads.
 
-    name = "cpu_model"
-    may_block = False  # see probes.base.Probe
-    covers = frozenset({"cpu"})
+    In a container held to a CPU limit: its own CPU time (its cgroup's counter) over the
+    limit's CPU-seconds; elsewhere the busy share of /proc/stat (the guest's or the host's).
+    """
 
-    def __init__(self, paths: Paths, *, tdp_watts: float | None = None,
-                 tdp_table: dict[str, float] | None = None) -> None:
-        model, sockets, self.threads = read_cpuinfo(paths.procfs)
-        self.tdp_note = ""
-        if tdp_watts is not None:
-            self.tdp_watts, self.tdp_note = tdp_watts, "cpu.tdp_watts"
-        else:
-            from carbonmeter.probes.cpu_names import lookup_tdp
-
-            found = lookup_tdp(model, tdp_table) if model and tdp_table else None
-            if found:
-                self.tdp_watts = found[0] * sockets
-                self.tdp_note = f"{found[0]:g} W x {sockets} socket(s), table entry '{found[1]}'"
-            else:
-                self.tdp_watts = DEFAULT_TDP_PER_SOCKET_W * sockets
-                self.tdp_note = (f"default {DEFAULT_TDP_PER_SOCKET_W:g} W x {sockets} socket(s): "
-                                 f"'{model or 'unknown CPU'}' is not in the TDP table; set "
-                                 "cpu.tdp_watts")
+    def __init__(self, paths: Paths, machine: Machine) -> None:
+        self._fd: int | None = None
+        self._limit = machine.cpu_limit
+        self._cgroup = machine.limits if self._limit else None
+        first = self._cgroup.cpu_seconds() if self._cgroup else None
+        if first is not None:
+            self._prev: tuple[float, float] = (first, time.monotonic())
+            self.source = f"the container's own CPU time ({self._cgroup.usage_file})"
+            return
+        self._cgroup = None
         try:
             self._fd = os.open(paths.procfs / "stat", os.O_RDONLY)
             self._prev = _stat_times(self._fd)
         except (OSError, ValueError, IndexError) as e:
+            if self._fd is not None:
+                os.close(self._fd)
             raise ProbeUnavailable(f"cannot read {paths.procfs / 'stat'}: {e}") from None
-        self.devices = (Device("cpu", "cpu", self.name, model, estimated=True, mean_power=True),)
+        self.source = f"{paths.procfs / 'stat'} (busy share of all CPUs)"
+
+    def read(self) -> float:
+        """Utilisation 0..1 since the previous read; raises OSError or ValueError."""
+        if self._cgroup is not None:
+            used, now = self._cgroup.cpu_seconds(), time.monotonic()
+            if used is None:
+                raise OSError(f"cannot read {self._cgroup.usage_file}")
+            d_used, d_t = used - self._prev[0], now - self._prev[1]
+            self._prev = (used, now)
+            return min(1.0, max(0.0, d_used / (d_t * self._limit))) if d_t > 0 else 0.0
+        busy, total = _stat_times(self._fd)
+        d_busy, d_total = busy - self._prev[0], total - self._prev[1]
+        self._prev = (busy, total)
+        return min(1.0, max(0.0, d_busy / d_total)) if d_total > 0 else 0.0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+_CASES = {"tdp": "its TDP known", "generation": "by its generation",
+          "default": "no generation known", "guest": "by its generation",
+          "guest_default": "no generation known"}
+
+
+def describe(machine: Machine, idle: HostEstimate, full: HostEstimate, part: str,
+             load_source: str = "") -> tuple[str, ...]:
+    """What `carbonmeter probes` prints under an estimated probe: what was detected, which
+    estimate follows from it, and the error bar."""
+    hv = machine.hypervisor
+    pricing = machine_pricing(machine)
+    evidence = f" ({'; '.join(hv.evidence)})" if hv.evidence else ""
+    cloud = f", cloud {hv.cloud}" if hv.cloud else ""
+    what = f"guest of {hv.name}" if hv.virtual else "bare metal"
+    lines = [f"machine: {what}{cloud}{evidence}"]
+    lines += list(machine.notes)
+    if machine.limits and machine.limits.source:
+        lines.append("limits: " + "; ".join(machine.limits.source))
+    c = machine.cpu
+    lines.append(f"cpu: '{c.name or 'no model name'}' ({c.vendor or 'unknown vendor'}, family "
+                 f"{c.family}, model {c.model}): generation "
+                 f"{machine.generation or 'unknown'}, from {machine.generation_source}")
+    f = idle.figures
+    row = (f"row {f.generation}, {f.basis}"
+           + (f", {f.servers} SPECpower results" if f.servers else ""))
+    lines.append(f"priced as: {pricing.basis}; {_CASES[idle.case]} ({row})")
+    if part == "cpu" and idle.tdp_watts is not None:
+        lines.append(f"cpu: TDP {idle.tdp_watts:g} W x {f.tdp_idle:g} idle to {f.tdp_full:g} "
+                     "full")
+    lines.append(f"{part}: {idle.parts[part]:.3g} W idle to {full.parts[part]:.3g} W at full "
+                 "load" + (f", load from {load_source}" if load_source else ""))
+    lines.append(f"error bar: ± {idle.error[0] * 100:.0f} % at idle, ± {idle.error[1] * 100:.0f} "
+                 f"% at full load (held-out SPECpower results, case {idle.case})")
+    return tuple(lines)
+
+
+class CpuModelProbe(Probe):
+    """One estimated device for the CPUs, its power following the utilisation of the CPUs the
+    machine is priced by (see `machine_pricing`)."""
+
+    name = "cpu_model"
+    may_block = False  # /proc/stat and cgroup files are the kernel's memory: a read never waits
+    covers = frozenset({"cpu"})
+
+    def __init__(self, paths: Paths, *, tdp_watts: float | None = None,
+                 instance_type: str = "", model: PowerModel | None = None) -> None:
+        self.machine = detect(paths, instance_type=instance_type)
+        m = model or bundled_model()
+        self.idle = estimate_machine(self.machine, 0.0, tdp_watts=tdp_watts, model=m)
+        self.full = estimate_machine(self.machine, 1.0, tdp_watts=tdp_watts, model=m)
+        self._lo, self._hi = self.idle.parts["cpu"], self.full.parts["cpu"]
+        self._load = LoadMeter(paths, self.machine)
+        self.devices = (Device("cpu", "cpu", self.name, self.machine.cpu.name, estimated=True,
+                               mean_power=True, error=self.idle.error,
+                               power_range_w=(self._lo, self._hi)),)
 
     def read(self) -> ProbeRead:
         try:
-            busy, total = _stat_times(self._fd)
+            load = self._load.read()
         except (OSError, ValueError, IndexError) as e:
-            return ProbeRead([], [f"cpu: cannot read /proc/stat: {e}"])
-        d_busy, d_total = busy - self._prev[0], total - self._prev[1]
-        self._prev = (busy, total)
-        load = d_busy / d_total if d_total > 0 else 0.0
-        watts = estimate_cpu_watts(self.tdp_watts, min(1.0, max(0.0, load)), threads=self.threads)
-        return ProbeRead([Reading(self.devices[0], power_w=watts)], [])
+            return ProbeRead([], [f"cpu: cannot read the load: {e}"])
+        return ProbeRead([Reading(self.devices[0],
+                                  power_w=self._lo + (self._hi - self._lo) * load)], [])
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._load.close()
+
+    def notes(self) -> tuple[str, ...]:
+        return describe(self.machine, self.idle, self.full, "cpu", self._load.source)
+
+    def idle_watts(self) -> dict[str, float]:
+        return {self.devices[0].id: self._lo}
+
+
+@dataclass(frozen=True)
+class CpuConfig:
+    """Section `cpu`: the estimate's inputs where no sensor measures the CPU."""
+
+    tdp_watts: float | None = field(**limits(min=1, max=100_000))  # None: the TDP table
+    # The cloud instance type, where DMI does not say it (Google Cloud, Azure): m5.large,
+    # n2-standard-4, Standard_D16as_v4, or provider:type. None: from DMI where it says.
+    instance_type: str | None
+
+
+def tdp_table() -> dict[str, float]:
+    """The bundled TDP table (carbonmeter.bundled/cpu_tdp.csv), read once."""
+    return bundled_tdps()
+
+
+def _make(settings: CpuConfig, ctx: ProbeContext) -> CpuModelProbe:
+    return CpuModelProbe(ctx.paths, tdp_watts=settings.tdp_watts,
+                         instance_type=settings.instance_type or "")
+
+
+SPEC = ProbeSpec("cpu_model", order=100, make=_make, section="cpu", settings=CpuConfig,
+                 replaces=frozenset({"cpu"}))

@@ -11,26 +11,38 @@ such a meter does not see them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from dataclasses import dataclass, field
 
-from carbonmeter.probes.base import BESIDE, Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    BESIDE,
+    KINDS,
+    Device,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 
-class Declaration(Protocol):
-    """One entry of `declared:` (carbonmeter.config.DeclaredDevice has these fields)."""
+@dataclass(frozen=True)
+class DeclaredDevice:
+    """One entry of the top-level `declared:` list."""
 
-    id: str
-    kind: str
-    watts: float
-    name: str | None
+    id: str = field(**limits(check="device_id"))
+    kind: str = field(**limits(choices=KINDS))
+    watts: float = field(**limits(min=0, max=1_000_000))
+    name: str | None = None
 
 
-class DeclaredProbe:
+class DeclaredProbe(Probe):
     name = "declared"
-    may_block = False  # see probes.base.Probe
+    may_block = False  # nothing is read
     covers = frozenset()  # they stand beside the host: they replace no estimate
 
-    def __init__(self, declarations: Iterable[Declaration]) -> None:
+    def __init__(self, declarations: Iterable[DeclaredDevice]) -> None:
         self._readings = [
             Reading(Device(d.id, d.kind, self.name, name=d.name or d.id, estimated=True,
                            mean_power=True, scope=BESIDE), power_w=float(d.watts))
@@ -45,3 +57,11 @@ class DeclaredProbe:
 
     def close(self) -> None:
         pass
+
+
+def _make(settings: list[DeclaredDevice], ctx: ProbeContext) -> DeclaredProbe:
+    return DeclaredProbe(settings)
+
+
+SPEC = ProbeSpec("declared", order=90, make=_make, section="declared",
+                 settings=list[DeclaredDevice])

@@ -22,10 +22,22 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from carbonmeter.probes.base import HOST, Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    HOST,
+    KINDS,
+    Device,
+    Paths,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +146,7 @@ def classify(key: str, *, include: Iterable[str] = (), exclude: Iterable[str] = 
                   f"{{{key!r}: platform}}")
 
 
-class HwmonProbe:
+class HwmonProbe(Probe):
     """The hwmon sensors the table or the configuration chooses; each one a device."""
 
     name = "hwmon"
@@ -237,3 +249,24 @@ def _why(e: Exception) -> str:
     if isinstance(e, ValueError):
         return "not a number (sensor gone?)"
     return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
+
+
+KIND_CHOICES = (*KINDS, HOST)  # hwmon.kinds values; "host": a meter of the whole host
+
+
+@dataclass(frozen=True)
+class HwmonConfig:
+    """Section `hwmon`: which sensors to read besides the built-in table, and their kinds."""
+
+    include: list[str]
+    exclude: list[str]
+    kinds: dict[str, str] = field(**limits(values=KIND_CHOICES))
+
+
+def _make(settings: HwmonConfig, ctx: ProbeContext) -> HwmonProbe:
+    return HwmonProbe(ctx.paths, interval=ctx.interval, include=settings.include,
+                      exclude=settings.exclude, kinds=settings.kinds,
+                      measured=dict(ctx.measured))
+
+
+SPEC = ProbeSpec("hwmon", order=30, make=_make, section="hwmon", settings=HwmonConfig)

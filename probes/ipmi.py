@@ -23,8 +23,19 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from carbonmeter.probes.base import HOST, Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    HOST,
+    Device,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 _READING = re.compile(r"^\s*Instantaneous power reading:\s*(\d+)\s+Watts", re.M)
 _STATE = re.compile(r"^\s*Power reading state is:\s*(\w+)", re.M)
@@ -70,7 +81,7 @@ def explain(err: str, code: int) -> str:
     return _last(text) or f"ipmitool exited with status {code}"
 
 
-class IpmiProbe:
+class IpmiProbe(Probe):
     """The server as one device, ``server``, kind platform, the host's whole power."""
 
     name = "ipmi"
@@ -119,3 +130,21 @@ class IpmiProbe:
 def _last(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+@dataclass(frozen=True)
+class IpmiConfig:
+    """Section `ipmi`: `ipmitool dcmi power reading`, locally or against a remote BMC."""
+
+    command: str
+    args: list[str]
+    timeout_seconds: float = field(**limits(min=0.5, max=120))
+
+
+def _make(settings: IpmiConfig, ctx: ProbeContext) -> IpmiProbe:
+    return IpmiProbe(command=settings.command, args=settings.args,
+                     timeout=settings.timeout_seconds)
+
+
+SPEC = ProbeSpec("ipmi", order=80, make=_make, section="ipmi", settings=IpmiConfig,
+                 replaces=frozenset({HOST}))

@@ -25,7 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from carbonmeter.probes.base import Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    Device,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +126,7 @@ def _text(value: str | bytes) -> str:
     return str(value)
 
 
-class NvmlProbe:
+class NvmlProbe(Probe):
     """Every (selected) NVIDIA GPU, measured by its energy counter or its power draw.
 
     `devices` keeps GPUs by NVML index ("0") or UUID ("GPU-8a1b...", a unique prefix is
@@ -361,3 +369,17 @@ class NvmlProbe:
             self._nvml.nvmlShutdown()
         except Exception as err:  # closing must never raise
             log.debug("nvml: nvmlShutdown failed: %s", err)
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """Section `gpu`: the GPUs to measure, by NVML index or UUID; empty: every visible one."""
+
+    devices: list[str]
+
+
+def _make(settings: GpuConfig, ctx: ProbeContext) -> NvmlProbe:
+    return NvmlProbe(devices=settings.devices or None)
+
+
+SPEC = ProbeSpec("nvml", order=40, make=_make, section="gpu", settings=GpuConfig)

@@ -27,9 +27,19 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from carbonmeter.probes.base import Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    Device,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +75,7 @@ def parse_log(text: str) -> tuple[list[str], dict[str, float]]:
     return devices, {**last, **summary} if summary else last
 
 
-class PowerGadgetProbe:
+class PowerGadgetProbe(Probe):
     """package-N (kind cpu) and dram-N (kind dram) as energy counters."""
 
     name = "powergadget"
@@ -248,3 +258,21 @@ def _device(device_id: str) -> Device:
     if device_id.startswith("dram"):
         return Device(device_id, "dram", "powergadget", name="DRAM")
     return Device(device_id, "cpu", "powergadget", name="Intel processor package")
+
+
+@dataclass(frozen=True)
+class PowergadgetConfig:
+    """Section `powergadget` (Intel Power Gadget on Windows and Intel Macs)."""
+
+    command: str | None  # None: the installer's default place
+    log: str | None  # a PowerLog CSV to follow instead of running PowerLog
+    resolution_ms: float = field(**limits(min=50, max=60_000))
+
+
+def _make(settings: PowergadgetConfig, ctx: ProbeContext) -> PowerGadgetProbe:
+    return PowerGadgetProbe(command=settings.command, log_file=settings.log,
+                            resolution_ms=settings.resolution_ms, interval=ctx.interval)
+
+
+SPEC = ProbeSpec("powergadget", order=60, make=_make, section="powergadget",
+                 settings=PowergadgetConfig)

@@ -25,9 +25,19 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from carbonmeter.probes.base import Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    Device,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +100,7 @@ def sample_energy_mj(sample: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class PowermetricsProbe:
+class PowermetricsProbe(Probe):
     """CPU, GPU and ANE as energy counters built from powermetrics' samples."""
 
     name = "powermetrics"
@@ -214,3 +224,20 @@ class PowermetricsProbe:
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class PowermetricsConfig:
+    """Section `powermetrics` (Apple Silicon)."""
+
+    command: str
+    interval_ms: float | None = field(**limits(min=100, max=3_600_000))  # None: the interval
+
+
+def _make(settings: PowermetricsConfig, ctx: ProbeContext) -> PowermetricsProbe:
+    return PowermetricsProbe(command=settings.command,
+                             interval_ms=settings.interval_ms or ctx.interval * 1000)
+
+
+SPEC = ProbeSpec("powermetrics", order=50, make=_make, section="powermetrics",
+                 settings=PowermetricsConfig)

@@ -16,7 +16,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from carbonmeter.probes.base import Device, Paths, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    Device,
+    Paths,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +73,11 @@ class _Zone:
         return self.dir / "energy_uj"
 
 
-class RaplProbe:
+class RaplProbe(Probe):
     """Packages and DRAM, or psys alone: never a zone together with one it contains."""
 
     name = "rapl"
-    may_block = False  # see probes.base.Probe
+    may_block = False  # powercap values are CPU registers: a read never waits
 
     def __init__(self, paths: Paths, *, psys: bool = False) -> None:
         self._base = Path(paths.sysfs) / "class" / "powercap"
@@ -334,3 +343,17 @@ def _cpu_model(procfs: Path) -> str:
     except OSError:
         pass
     return ""
+
+
+@dataclass(frozen=True)
+class RaplConfig:
+    """Section `rapl`."""
+
+    psys: bool  # the platform zone instead of package + DRAM, where the CPU has one
+
+
+def _make(settings: RaplConfig, ctx: ProbeContext) -> RaplProbe:
+    return RaplProbe(ctx.paths, psys=settings.psys)
+
+
+SPEC = ProbeSpec("rapl", order=10, make=_make, section="rapl", settings=RaplConfig)

@@ -25,10 +25,20 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from carbonmeter.probes.base import HOST, Device, ProbeRead, ProbeUnavailable, Reading
+from carbonmeter.probes.base import (
+    HOST,
+    Device,
+    Probe,
+    ProbeContext,
+    ProbeRead,
+    ProbeSpec,
+    ProbeUnavailable,
+    Reading,
+    limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +198,7 @@ class _Source:
         return None if None in values else sum(v for v in values if v is not None)
 
 
-class RedfishProbe:
+class RedfishProbe(Probe):
     """One device per chassis read: ``chassis-<Id>``, kind platform, the whole host."""
 
     name = "redfish"
@@ -309,3 +319,33 @@ def _number(value: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+@dataclass(frozen=True)
+class RedfishConfig:
+    """Section `redfish`: the BMC's Redfish service, when `url` is set."""
+
+    url: str | None = field(**limits(check="base_url"))
+    username: str | None
+    password_env: str
+    password_file: str | None
+    auth: str = field(**limits(choices=("basic", "session")))
+    verify_tls: bool
+    ca_file: str | None
+    timeout_seconds: float = field(**limits(min=0.5, max=120))
+    chassis: list[str]
+
+
+def _make(settings: RedfishConfig, ctx: ProbeContext) -> RedfishProbe:
+    s = settings
+    if not s.url:
+        raise ProbeUnavailable("no redfish.url configured")
+    return RedfishProbe(s.url, username=s.username,
+                        password=load_password(s.password_env, s.password_file),
+                        auth=s.auth, verify_tls=s.verify_tls, ca_file=s.ca_file,
+                        timeout=s.timeout_seconds, chassis=s.chassis)
+
+
+# The BMC is preferred to IPMI (order 80): one whole-host meter is enough.
+SPEC = ProbeSpec("redfish", order=70, make=_make, section="redfish", settings=RedfishConfig,
+                 replaces=frozenset({HOST}))

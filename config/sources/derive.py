@@ -15,10 +15,12 @@ Usage, from the repository root:
 Reads (from --data):
     global_energy_mix.json  countries by ISO alpha-3: generation by source (TWh), the published
                             average carbon intensity (gCO2eq/kWh) and its year (OWID, CC BY 4.0)
-    usa_emissions.json      US states: eGRID2016 CO2 output emission rate, lb/MWh (US EPA)
     canada_energy_mix.json  Canadian provinces: percent of generation by source, 2023 (CER)
     carbon_intensity_per_source.json  lifecycle gCO2eq/kWh per source, for the provinces' mix
-    nordic_emissions.json   Nordic bidding zones: gCO2eq/kWh and year (from ENTSO-E data)
+    codecarbon-3.3.2/       the newer files of CodeCarbon 3.3.2's data folder:
+      usa_emissions_egrid2023.json      US states: eGRID2023 CO2e output emission rate, lb/MWh
+      nordic_emissions_2025.json        Nordic bidding zones, 2025 (ENTSO-E generation mix)
+      china_provincial_emissions_2023.json  Chinese provinces, 2023 (MEE and NBS), gCO2/kWh
     cloud_regions.csv       AWS, Azure and Google Cloud regions, gCO2eq/kWh, as Cloud Carbon
                             Footprint uses them, with each figure's source
     impact.csv              Google Cloud regions: Google's published grid intensity, gCO2eq/kWh
@@ -116,10 +118,11 @@ REGIONS_HEADER = """\
 #   CC BY 4.0, https://creativecommons.org/licenses/by/4.0/ ; figures as compiled in the CodeCarbon
 #   project's global_energy_mix.json. Changes: ISO alpha-2 codes added, generation turned into
 #   shares, numbers rounded. The year of each figure is in the `year` column.
-# US states (kind=state): US EPA eGRID2016, state annual CO2 output emission rate (data year 2016),
-#   https://www.epa.gov/egrid , public domain; as compiled in CodeCarbon's usa_emissions.json.
-#   CO2 only (not CO2eq): eGRID's rate counts CO2 alone. Converted from lb/MWh: x 0.45359237
-#   (1 lb = 0.45359237 kg, and kg/MWh = g/kWh). Codes: ISO 3166-2:US (US-CA).
+# US states (kind=state): US EPA eGRID2023, state annual CO2-equivalent total output emission
+#   rate (field STC2ERTA, data year 2023), https://www.epa.gov/egrid , public domain; as compiled
+#   in CodeCarbon 3.3.2's usa_emissions_egrid2023.json. CO2eq (CO2, CH4, N2O) emitted at the
+#   plants, not lifecycle. Converted from lb/MWh: x 0.45359237 (1 lb = 0.45359237 kg, and
+#   kg/MWh = g/kWh). Codes: ISO 3166-2:US (US-CA).
 # Canadian provinces and territories (kind=province): Canada Energy Regulator, Canada's Energy
 #   Future / provincial energy profiles, share of generation by source, 2023; as compiled in
 #   CodeCarbon's canada_energy_mix.json. Intensity computed here: sum(share x lifecycle factor) /
@@ -128,8 +131,16 @@ REGIONS_HEADER = """\
 #   Nuclear Association, lifecycle comparison, 2011); biomass 230 (IPCC AR5 WG3 Annex III,
 #   2014, median). Tidal and other have no factor and are 0 % everywhere. Petroleum is listed
 #   as oil, tidal as other_renewable. Codes: ISO 3166-2:CA (CA-QC).
-# Nordic bidding zones (kind=zone): historical averages from ENTSO-E data, as compiled in
-#   CodeCarbon's nordic_emissions.json (SE1-SE4, NO1-NO5; year per row). Finland is one bidding
+# Chinese provinces, municipalities and autonomous regions (kind=province): Ministry of Ecology
+#   and Environment and National Bureau of Statistics of China, Announcement 2025 No. 47, table
+#   3, provincial average electricity CO2 emission factors, 2023; as compiled in CodeCarbon
+#   3.3.2's china_provincial_emissions_2023.json. CO2 only (not CO2eq), location-based, with
+#   inter-provincial transfers. Tibet, Hong Kong, Macao and Taiwan are not in the table.
+#   Codes: ISO 3166-2:CN (CN-SC).
+# Nordic bidding zones (kind=zone): ENTSO-E Transparency, actual generation per production type
+#   per bidding zone, full year 2025, x the lifecycle factors per source above; types without a
+#   factor count as 0 (a lower bound where the `source` column says so); as compiled in
+#   CodeCarbon 3.3.2's nordic_emissions_2025.json (SE1-SE4, NO1-NO5). Finland is one bidding
 #   zone, the whole country: its country row FI covers it. Codes: the Nord Pool zone names.
 # Cloud regions (kind=cloud, provider aws, azure or gcp; code: the provider's region name):
 #   gcp: Google Cloud region carbon data, grid carbon intensity, 2023,
@@ -137,8 +148,8 @@ REGIONS_HEADER = """\
 #   me-central1, misspelt there, is corrected). aws, azure, and gcp us-central2: the factors Cloud
 #   Carbon Footprint uses (Apache-2.0, commit b7a049c), each with the source CCF names for it;
 #   the year is given where that source states one.
-# Units: intensity_g_per_kwh in gCO2eq per kWh generated (gCO2 per kWh for US states), 1 decimal;
-#   coal..other_renewable are fractions of generation, 4 decimals; total_twh in TWh.
+# Units: intensity_g_per_kwh in gCO2eq per kWh generated (gCO2 per kWh for Chinese provinces),
+#   1 decimal; coal..other_renewable are fractions of generation, 4 decimals; total_twh in TWh.
 # Key: (provider, code); provider is empty except for cloud rows.
 """
 
@@ -248,8 +259,9 @@ def derive_countries(energy_mix: dict[str, dict[str, Any]], report: Report) -> l
 
 
 LB_TO_KG = 0.45359237  # exact, by the international yard and pound agreement (1959)
-EGRID_SOURCE = ("US EPA eGRID2016 state CO2 output emission rate (CO2 only, not CO2eq), "
-                "lb/MWh x 0.45359237")
+NEWER = "codecarbon-3.3.2"  # the folder of CodeCarbon 3.3.2's newer data files, under --data
+EGRID_SOURCE = ("US EPA eGRID2023 state CO2-equivalent total output emission rate (STC2ERTA; "
+                "plant emissions, not lifecycle), lb/MWh x 0.45359237")
 
 
 def _title(name: str) -> str:
@@ -258,19 +270,25 @@ def _title(name: str) -> str:
     return " ".join(w if w in small else w.capitalize() for w in name.split())
 
 
-def derive_states(usa: dict[str, dict[str, Any]], report: Report) -> list[dict[str, str]]:
-    """US state rows from usa_emissions.json (eGRID2016, lb CO2/MWh)."""
+def derive_states(usa: dict[str, Any], report: Report) -> list[dict[str, str]]:
+    """US state rows from usa_emissions_egrid2023.json (eGRID2023, lb CO2e/MWh)."""
     unit = usa.get("_unit", {}).get("emissions")
     if unit != "lbs/MWh":
-        raise SystemExit(f"usa_emissions.json: expected emissions in lbs/MWh, found {unit!r}")
+        raise SystemExit(f"usa_emissions_egrid2023.json: expected emissions in lbs/MWh, found "
+                         f"{unit!r}")
+    meta = usa.get("_source", {})
+    if meta.get("field") != "STC2ERTA":  # the CO2e rate; STCO2RTA would be CO2 alone
+        raise SystemExit(f"usa_emissions_egrid2023.json: expected field STC2ERTA, found "
+                         f"{meta.get('field')!r}")
+    year = str(int(meta["year"]))
     rows, skipped = [], []
     for name, entry in usa.items():
-        code = str(entry.get("regionCode", ""))
-        if name == "_unit" or not re.fullmatch(r"[A-Z]{2}", code):
-            skipped.append(name)  # the unit line and the national average ("usa")
+        code = str(entry.get("regionCode", "")) if isinstance(entry, dict) else ""
+        if name.startswith("_") or not re.fullmatch(r"[A-Z]{2}", code):
+            skipped.append(name)  # the unit and source notes and the national average ("usa")
             continue
         rows.append(_row(code=f"US-{code}", name=_title(name), kind="state",
-                         intensity=float(entry["emissions"]) * LB_TO_KG, year="2016",
+                         intensity=float(entry["emissions"]) * LB_TO_KG, year=year,
                          source=EGRID_SOURCE))
     report.add(f"  US states: {len(rows)} written; skipped {skipped} (the national average is "
                "the country row US)")
@@ -337,23 +355,59 @@ def derive_provinces(canada: dict[str, dict[str, float]], per_source: dict[str, 
     return sorted(rows, key=lambda r: r["code"])
 
 
-NORDIC_SOURCE = "ENTSO-E data, historical average for the bidding zone"
+NORDIC_SOURCE = ("ENTSO-E Transparency 2025 generation per production type of the bidding zone "
+                 "x lifecycle factor per source")
+_COVERAGE = re.compile(r"([\d.]+)%(?: \(uncovered: (.*)\))?")
+LOWER_BOUND_BELOW = 95.0  # % of generation with a factor; below it the source says so
 
 
 def derive_zones(nordic: dict[str, Any], report: Report) -> list[dict[str, str]]:
-    """Nordic bidding zone rows; Finland's single zone is the country itself."""
+    """Nordic bidding zone rows; Finland's single zone is the country itself.
+
+    The file prices each zone's generation mix with the per-source factors and counts the
+    types it has no factor for (ENTSO-E 'Other', waste) at 0, so a zone where much of the
+    generation is such is a lower bound: its `source` says how much is not counted."""
     rows, skipped = [], []
     for code, entry in nordic["data"].items():
         if re.fullmatch(r"[A-Z]{2}", code):
             skipped.append(code)  # a whole-country zone: the country row has the same key
             continue
         if entry.get("unit") != "gCO2eq/kWh":
-            raise SystemExit(f"nordic_emissions.json: {code}: unexpected unit {entry.get('unit')}")
+            raise SystemExit(f"nordic_emissions_2025.json: {code}: unexpected unit "
+                             f"{entry.get('unit')}")
+        found = _COVERAGE.fullmatch(str(entry.get("coverage", "")))
+        if found is None:
+            raise SystemExit(f"nordic_emissions_2025.json: {code}: no coverage figure")
+        source = NORDIC_SOURCE
+        if float(found[1]) < LOWER_BOUND_BELOW:
+            source += f"; a lower bound: generation without a factor ({found[2]}) counts as 0"
         rows.append(_row(code=code, name=str(entry["description"]), kind="zone",
                          intensity=float(entry["emission_factor"]), year=str(entry["year"]),
-                         source=NORDIC_SOURCE))
+                         source=source))
     report.add(f"  Nordic bidding zones: {len(rows)} written; skipped {skipped} (whole-country "
                "zones, covered by the country row)")
+    return sorted(rows, key=lambda r: r["code"])
+
+
+CHINA_SOURCE = ("China MEE and NBS, 2023 provincial average electricity CO2 emission factors "
+                "(Announcement 2025 No. 47; CO2 only, not CO2eq)")
+
+
+def derive_china(china: dict[str, Any], report: Report) -> list[dict[str, str]]:
+    """Chinese province rows, as published (gCO2/kWh)."""
+    rows = []
+    for code, entry in china["data"].items():
+        if not re.fullmatch(r"CN-[A-Z]{2}", code):
+            raise SystemExit(f"china_provincial_emissions_2023.json: {code!r} is not an "
+                             "ISO 3166-2:CN code")
+        if entry.get("unit") != "gCO2/kWh":
+            raise SystemExit(f"china_provincial_emissions_2023.json: {code}: unexpected unit "
+                             f"{entry.get('unit')}")
+        rows.append(_row(code=code, name=str(entry["description"]), kind="province",
+                         intensity=float(entry["emission_factor"]), year=str(entry["year"]),
+                         source=CHINA_SOURCE))
+    report.add(f"  Chinese provinces: {len(rows)} written (the source has no Tibet; Hong Kong, "
+               "Macao and Taiwan are country rows)")
     return sorted(rows, key=lambda r: r["code"])
 
 
@@ -409,10 +463,12 @@ def derive_regions(data: Path, report: Report) -> str:
             return list(csv.DictReader(f))
 
     rows = derive_countries(load("global_energy_mix.json"), report)
-    rows += derive_states(load("usa_emissions.json"), report)
-    rows += derive_provinces(load("canada_energy_mix.json"),
-                             load("carbon_intensity_per_source.json"), report)
-    rows += derive_zones(load("nordic_emissions.json"), report)
+    rows += derive_states(load(f"{NEWER}/usa_emissions_egrid2023.json"), report)
+    rows += sorted(derive_provinces(load("canada_energy_mix.json"),
+                                    load("carbon_intensity_per_source.json"), report)
+                   + derive_china(load(f"{NEWER}/china_provincial_emissions_2023.json"), report),
+                   key=lambda r: r["code"])
+    rows += derive_zones(load(f"{NEWER}/nordic_emissions_2025.json"), report)
     rows += derive_cloud(table("cloud_regions.csv"), table("impact.csv"), report)
     keys = [(r["provider"], r["code"].casefold()) for r in rows]
     dupes = sorted({k for k in keys if keys.count(k) > 1})

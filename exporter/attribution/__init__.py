@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from carbonmeter.attribution.attributor import Attributor
 from carbonmeter.attribution.ledger import Ledger
 from carbonmeter.attribution.model import IdlePower
-from carbonmeter.attribution.view import AttributionView, WorkloadRow
+from carbonmeter.attribution.view import AttributionView, TreeShare, WorkloadRow
 
 if TYPE_CHECKING:
     from carbonmeter.config import Config
@@ -39,14 +38,10 @@ class Unavailable(Exception):
 
 
 def _idle(cfg: Config, probes: Sequence[Probe]) -> IdlePower:
+    """Idle power per device where a model knows it (the CPU estimate at zero load)."""
     known = {}
     for p in probes:
-        tdp = getattr(p, "tdp_watts", None)
-        if p.name == "cpu_model" and tdp:
-            from carbonmeter.probes.cpu_model import estimate_cpu_watts
-
-            for d in p.devices:
-                known[d.id] = estimate_cpu_watts(tdp, 0.0)
+        known.update(p.idle_watts())
     return IdlePower(cfg.attribution.idle_watts, known)
 
 
@@ -137,14 +132,6 @@ def process_tree(root_pid: int, cfg: Config, probes: Sequence[Probe], *,
     return Attributor(source, scope="tree", policy=policy, idle=_idle(cfg, probes),
                       ledger=Ledger(top_n=1, min_energy_j=0.0, host_row=False),
                       own=lambda key: key == TREE, nvml=nvml)
-
-
-@dataclass(frozen=True, slots=True)
-class TreeShare:
-    energy_j: float
-    emissions_g: float
-    by_kind: dict[str, float]  # joules per device kind
-    method: str  # how it was measured, for the user
 
 
 def process_tree_share(snapshot: Snapshot) -> TreeShare | None:

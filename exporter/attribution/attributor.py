@@ -194,6 +194,10 @@ class Attributor:
                                led.interval, self.seconds,
                                self.source.method, led.ack)
 
+    def add_reader(self, reader: str) -> None:
+        """A sink that exports the workload rows under `reader` (see Ledger.register)."""
+        self.ledger.register(reader)
+
     def export(self) -> dict[str, Any]:
         """The ledger for the state file, with the level and scope it was kept at."""
         return {"level": self.level, "scope": self.scope, **self.ledger.export()}

@@ -5,8 +5,9 @@ it appeared, has spent at least `min_energy_j`, has known names, and its labels 
 by another series. Otherwise its interval energy goes to the `other` series. A series keeps its
 value when its workload drops out and continues from it if the workload comes back; the energy
 spent in between stays in `other`, so no counter goes back and nothing is counted twice. An
-ended workload's series is kept until a sink has exported it once after its last interval
-(or for an hour when nothing exports), then dropped. `hidden()` says how much energy the
+ended workload's series is kept until every reader (each sink that exports workloads keeps its
+own cursor: `register`, `ack`) has exported it once after its last interval, or for an hour
+when they do not, then dropped. `hidden()` says how much energy the
 series not shown hold, so the shown rows plus it always add up to everything accounted.
 
 `export()` and `restore()` carry the ledger through a restart (the state file): series continue
@@ -52,7 +53,7 @@ class Ledger:
         self.min_energy_j = min_energy_j
         self.clock = clock
         self.interval = 0
-        self.exported = 0  # the last interval a sink exported
+        self.cursors: dict[str, int] = {}  # reader -> the last interval it exported
         self._dropped: dict[str, list[float]] = {}  # kind -> [J, g] of series dropped
         self.kinds: dict[str, None] = {}  # device kinds seen, in first-seen order
         self._entries: dict[Key, _Entry] = {}
@@ -63,9 +64,18 @@ class Ledger:
             e.tracked = True
             e.series = {}
 
-    def ack(self, interval: int) -> None:
-        if interval > self.exported:
-            self.exported = interval
+    def register(self, reader: str) -> None:
+        """A sink that exports workload rows; call before the first interval."""
+        self.cursors.setdefault(reader, 0)
+
+    def ack(self, reader: str, interval: int) -> None:
+        """`reader` has exported the rows of `interval`."""
+        if reader in self.cursors and interval > self.cursors[reader]:
+            self.cursors[reader] = interval
+
+    def _exported(self, interval: int) -> bool:
+        """Every reader has exported the rows of `interval` (or later); False with none."""
+        return bool(self.cursors) and min(self.cursors.values()) >= interval
 
     def record(self, present: Mapping[Key, Identity] | None,
                energy: Mapping[str, Mapping[Key, float]],
@@ -146,7 +156,7 @@ class Ledger:
 
     def _drop(self, now: float) -> None:
         gone = [k for k, e in self._entries.items() if e.ended_at and (
-            not e.tracked or self.exported >= e.ended_at
+            not e.tracked or self._exported(e.ended_at)
             or now - e.ended_clock > KEEP_UNEXPORTED_S)]
         for k in gone:
             _add(self._dropped, self._entries.pop(k).series or {})

@@ -63,11 +63,13 @@ class AttributionView:
     interval: int  # the attribution's interval number
     seconds: float | None  # what reading usage and splitting cost in the last interval
     method: str  # how usage was read, in one line
-    ack: Callable[[int], None] = field(default=lambda _n: None, compare=False, repr=False)
+    ack: Callable[[str, int], None] = field(default=lambda _r, _n: None, compare=False,
+                                            repr=False)
 
-    def exported(self) -> None:
-        """A sink has published these rows: ended workloads in them may now be dropped."""
-        self.ack(self.interval)
+    def exported(self, reader: str) -> None:
+        """The sink `reader` has published these rows: ended workloads in them may be dropped
+        once every reader has."""
+        self.ack(reader, self.interval)
 
     def otel_attributes(self, row: WorkloadRow) -> dict[str, str]:
         """A row's OpenTelemetry attributes: its labels under the semantic conventions' names
@@ -79,3 +81,13 @@ class AttributionView:
         out["carbonmeter.workload"] = row.workload
         out["hw.type"] = row.kind
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class TreeShare:
+    """The part of a span's energy a process tree spent (`carbonmeter run`)."""
+
+    energy_j: float
+    emissions_g: float
+    by_kind: dict[str, float]  # joules per device kind
+    method: str  # how it was measured, for the user

@@ -4,6 +4,13 @@ Only grids of the same kind are compared: a cloud region with the same provider'
 regions (where the same job could run), anything else with countries. Emissions
 elsewhere are the facility energy (energy × PUE) times that grid's intensity, so the
 PUE of the site where the energy was spent is kept.
+
+A grid is ranked only when its figure is precise enough to rank. Our World in Data
+publishes a country's intensity as its emissions, rounded to 0.01 MtCO2eq, over its
+generation: for a grid of G TWh the figure moves in steps of 10/G g/kWh, so the smallest
+grids get figures that are mostly rounding (the Central African Republic's 0 g/kWh is
+0.00 Mt over 0.15 TWh: anything from 0 to 33 g/kWh; its all-hydro mix is 26 g/kWh by the
+per-source factors). Such a grid would lead "the greenest" for no reason but its size.
 """
 
 from __future__ import annotations
@@ -50,12 +57,30 @@ def as_region(intensity: Intensity) -> Region:
                   intensity.year, intensity.source, {})
 
 
+ROUNDING_MT = 0.01  # the precision of the emissions behind a country's published figure
+PRECISION = 0.10  # rank a figure only when rounding moves it by at most this fraction
+
+
+def rounding_g_per_kwh(r: Region) -> float | None:
+    """How far rounding may have moved `r`'s figure (half a step), where it is known."""
+    if r.kind != "country" or not r.total_twh:
+        return None
+    return ROUNDING_MT * 1e12 / (r.total_twh * 1e9) / 2  # Mt -> g, TWh -> kWh
+
+
+def too_coarse(r: Region) -> bool:
+    """True when rounding alone could move the figure by more than PRECISION of it."""
+    half_step = rounding_g_per_kwh(r)
+    return half_step is not None and half_step > PRECISION * r.g_per_kwh
+
+
 def peers(row: Region | None) -> list[Region]:
-    """The grids to compare with, greenest first (ties by code, so the order is stable)."""
+    """The grids to compare with, greenest first (ties by code, so the order is stable);
+    grids whose figure is too coarse to rank are left out."""
     if row is not None and row.kind == "cloud":
         pool = [r for r in regions() if r.kind == "cloud" and r.provider == row.provider]
     else:
-        pool = [r for r in regions() if r.kind == "country"]
+        pool = [r for r in regions() if r.kind == "country" and not too_coarse(r)]
     return sorted(pool, key=lambda r: (r.g_per_kwh, r.code))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -27,6 +28,7 @@ class Region:
     year: int | None
     source: str
     mix: dict[str, float]
+    total_twh: float | None = None  # the grid's yearly generation, where the source gives it
 
 
 @cache
@@ -44,6 +46,7 @@ def regions() -> tuple[Region, ...]:
             provider=r.get("provider") or "", g_per_kwh=float(r["intensity_g_per_kwh"]),
             year=int(r["year"]) if r.get("year") else None, source=r["source"],
             mix={k: float(v) for k, v in r.items() if k not in fixed and v not in ("", None)},
+            total_twh=float(r["total_twh"]) if r.get("total_twh") else None,
         ))
     return tuple(out)
 
@@ -51,24 +54,39 @@ def regions() -> tuple[Region, ...]:
 GRID_KINDS = ("country", "state", "province", "zone")  # lookup order: a country wins a name
 
 
+def fold(text: str) -> str:
+    """Text for matching: any case, accents optional ("Québec", "QUEBEC" and "quebec" agree;
+    "Zürich" is "zurich"). Sources spell names with or without accents, users too."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def search(text: str, rows: tuple[Region, ...]) -> tuple[Region, ...]:
+    """The rows whose code, alpha-3, name, kind or provider contain every word of `text`."""
+    words = fold(text).split()
+    return tuple(r for r in rows if all(
+        w in fold(f"{r.code} {r.alpha3} {r.name} {r.kind} {r.provider}") for w in words))
+
+
 @cache
 def _grid_index() -> dict[str, Region]:
-    """Every grid region by code, alpha-3 and name, casefolded; built once."""
+    """Every grid region by code, alpha-3 and name, folded; built once."""
     index: dict[str, Region] = {}
     for kind in GRID_KINDS:
         for r in regions():
             if r.kind == kind:
                 for k in (r.code, r.alpha3, r.name):
                     if k:
-                        index.setdefault(k.casefold(), r)
+                        index.setdefault(fold(k), r)
     return index
 
 
 def find_region(name: str) -> Region:
     """A grid region, any case: a country by ISO 3166-1 alpha-2 or alpha-3 code or by name;
-    a US state or Canadian province by ISO 3166-2 code (US-CA, CA-QC) or name; a Nordic
-    bidding zone (SE3). A name that is both a country and a state (Georgia) is the country."""
-    key = name.strip().casefold()
+    a US state, Canadian or Chinese province by ISO 3166-2 code (US-CA, CA-QC, CN-SC) or name;
+    a Nordic bidding zone (SE3). A name that is both a country and a state (Georgia) is the
+    country."""
+    key = fold(name.strip())
     index = _grid_index()
     found = index.get(key)
     if found is not None:
@@ -83,9 +101,9 @@ def find_region(name: str) -> Region:
     hint = ", ".join(dict.fromkeys(choices[c] for c in close))
     raise ConfigError(f"carbon.region: unknown region '{name}'"
                       + (f"; close matches: {hint}" if hint else "")
-                      + "; use an ISO 3166 country code such as FR or FRA, a US state or "
-                      "Canadian province such as US-CA or CA-QC, or a Nordic bidding zone such "
-                      "as SE3 (`carbonmeter regions` lists them)")
+                      + "; use an ISO 3166 country code such as FR or FRA, a US state, Canadian "
+                      "or Chinese province such as US-CA, CA-QC or CN-SC, or a Nordic bidding "
+                      "zone such as SE3 (`carbonmeter regions` lists them)")
 
 
 def find_cloud(provider: str, region: str) -> Region:

@@ -14,10 +14,10 @@ from carbonmeter.carbon.intensity import (
 )
 from carbonmeter.carbon.regions import find_cloud, find_region, mix_intensity
 from carbonmeter.carbon.schedule import Schedule
-from carbonmeter.config import Carbon, ConfigError
+from carbonmeter.config import CarbonConfig, ConfigError
 
 
-def resolve(cfg: Carbon) -> IntensitySource:
+def resolve(cfg: CarbonConfig) -> IntensitySource:
     """The configured intensity without live providers, which fall back to it: a fixed
     value, else a schedule, else a mix, else a cloud or grid region, else the world."""
     region = cfg.region

@@ -22,7 +22,7 @@ from carbonmeter.carbon.intensity import Intensity
 class Schedule:
     """IntensitySource whose value is the profile's entry for the local weekday and hour."""
 
-    def __init__(self, cfg: config.Schedule, *, region: str,
+    def __init__(self, cfg: config.ScheduleConfig, *, region: str,
                  clock: Callable[[], float] = time.time) -> None:
         self.tz = zoneinfo.ZoneInfo(cfg.timezone)
         self.clock = clock  # seconds since the epoch; tests pass their own

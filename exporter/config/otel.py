@@ -17,7 +17,9 @@ import typing
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from carbonmeter.config import OTLP_PROTOCOLS, ConfigError, _check, check_url
+from carbonmeter.config.checks import check_url, check_value
+from carbonmeter.config.errors import ConfigError
+from carbonmeter.config.schema import OTLP_PROTOCOLS
 
 SIGNAL = "OTEL_EXPORTER_OTLP_METRICS_"  # metrics only; wins over the generic one
 GENERIC = "OTEL_EXPORTER_OTLP_"
@@ -85,7 +87,7 @@ def resolve(data: dict[str, Any], env: typing.Mapping[str, str], origin: str) ->
                               f"{', '.join(OTLP_PROTOCOLS)}{hint}")
         # http/protobuf: the specification's default transport
         o["protocol"] = found[1] if found else "http/protobuf"
-    protocol = _check(f"{key}.protocol", o["protocol"], str, {"choices": OTLP_PROTOCOLS})
+    protocol = check_value(f"{key}.protocol", o["protocol"], str, {"choices": OTLP_PROTOCOLS})
 
     endpoint, where, base = o["endpoint"], f"{key}.endpoint", False
     if endpoint is None:
@@ -101,11 +103,11 @@ def resolve(data: dict[str, Any], env: typing.Mapping[str, str], origin: str) ->
     if o["insecure"] is None:
         found = _env(env, "INSECURE")
         o["insecure"] = _boolean(*found) if found else False
-    insecure = _check(f"{key}.insecure", o["insecure"], bool, {})
+    insecure = check_value(f"{key}.insecure", o["insecure"], bool, {})
     if endpoint is None:
         endpoint = DEFAULT_ENDPOINTS[protocol]
     else:
-        endpoint = _check(where if where.startswith("environment") else f"{key}.endpoint",
+        endpoint = check_value(where if where.startswith("environment") else f"{key}.endpoint",
                           endpoint, str, {})
         if "://" not in endpoint and protocol == "grpc":
             # gRPC's host:port form; plaintext only when asked, as the specification says
@@ -127,7 +129,7 @@ def resolve(data: dict[str, Any], env: typing.Mapping[str, str], origin: str) ->
         if o[name] is None:
             found = _env(env, name.upper())
             if found:
-                o[name] = _check(f"environment: {found[0]}", found[1], str, {"check": "file"})
+                o[name] = check_value(f"environment: {found[0]}", found[1], str, {"check": "file"})
 
     if o["interval_seconds"] is None:
         raw = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()

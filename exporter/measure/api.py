@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from carbonmeter.measure.meter import Usage, usage_between
+from carbonmeter.usage import Usage, usage_between
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -14,123 +14,16 @@ count over the same time. How often it reads depends on the sources, not on the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from carbonmeter import snapshot
-from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.config import Config
-from carbonmeter.probes.base import Device
 from carbonmeter.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from carbonmeter.attribution import Attributor, TreeShare
+    from carbonmeter.attribution import Attributor
 
 FINE_INTERVAL_S = 1.0  # how often power sources are read during a span, unless told
 WRAP_GUARD_S = 60.0  # a 65 kJ RAPL DRAM range lasts 60 s only above 1 kW
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceUsage:
-    """What one device spent during a span: the device as the sampler knew it, and the
-    difference of its totals."""
-
-    device: Device
-    energy_j: float
-    emissions_g: float
-
-    @property
-    def id(self) -> str:
-        return self.device.id
-
-    @property
-    def kind(self) -> str:
-        return self.device.kind
-
-    @property
-    def source(self) -> str:
-        return self.device.source
-
-    @property
-    def name(self) -> str:
-        return self.device.name
-
-    @property
-    def estimated(self) -> bool:
-        return self.device.estimated
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What one span cost: the result of `carbonmeter run`, `track()` and each task."""
-
-    name: str  # the task's name; "" for a whole run or tracker
-    started_unix: float
-    duration_s: float
-    devices: tuple[DeviceUsage, ...]
-    intensity: Intensity  # the intensity at the end of the span
-    pue: float
-    tasks: tuple[Usage, ...] = ()
-    error: str = ""  # the exception that ended the span, if one did
-    scope: str = "machine"  # "process tree" when `share` holds the command's part
-    share: TreeShare | None = None  # the process tree's part of `energy_j`, when attributed
-    scope_reason: str = ""  # why the whole machine is reported, when it is
-    metered: bool = False  # a whole-host meter ran: the host rule (snapshot.counted)
-
-    @property
-    def counted(self) -> list[DeviceUsage]:
-        """The devices that make the total, by the exporter's host rule."""
-        return snapshot.counted(self.devices, metered=self.metered)
-
-    @property
-    def energy_j(self) -> float:
-        return sum((d.energy_j for d in self.counted), 0.0)
-
-    @property
-    def energy_kwh(self) -> float:
-        return self.energy_j / 3.6e6
-
-    @property
-    def emissions_g(self) -> float:
-        return sum((d.emissions_g for d in self.counted), 0.0)
-
-    @property
-    def emissions_kg(self) -> float:
-        return self.emissions_g / 1000
-
-    @property
-    def region(self) -> str:
-        return self.intensity.region
-
-    def energy_by_kind(self) -> dict[str, float]:
-        """Joules per device kind (cpu, dram, gpu, ram, platform), in first-seen order."""
-        out: dict[str, float] = {}
-        for d in self.devices:
-            out[d.kind] = out.get(d.kind, 0.0) + d.energy_j
-        return out
-
-    @property
-    def measured_j(self) -> float:
-        return sum((d.energy_j for d in self.counted if not d.estimated), 0.0)
-
-    @property
-    def estimated_j(self) -> float:
-        return sum((d.energy_j for d in self.counted if d.estimated), 0.0)
-
-
-def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usage, ...] = (),
-                  error: str = "") -> Usage:
-    """The energy and emissions counted from snapshot `a` to the later snapshot `b`."""
-    before = {d.device.id: d for d in a.devices}
-    devices = []
-    for d in b.devices:
-        prev = before.get(d.device.id)
-        e0, g0 = (prev.energy_j, prev.emissions_g) if prev is not None else (0.0, 0.0)
-        devices.append(DeviceUsage(d.device, d.energy_j - e0, d.emissions_g - g0))
-    return Usage(name=name, started_unix=a.taken_unix,
-                 duration_s=max(0.0, b.taken_monotonic - a.taken_monotonic),
-                 devices=tuple(devices), intensity=b.intensity, pue=b.pue, tasks=tasks,
-                 error=error, metered=b.metered)
 
 
 class Meter:
@@ -173,5 +66,5 @@ class Meter:
     def stop(self) -> Snapshot:
         """The last reading, then the thread and the probes are closed."""
         last = self.sampler.sample()
-        self.sampler.stop()
+        self.sampler.close()
         return last

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from carbonmeter.measure.meter import Usage
 from carbonmeter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
 from carbonmeter.snapshot import DeviceTotal, Snapshot
+from carbonmeter.usage import Usage
 
 log = logging.getLogger(__name__)
 

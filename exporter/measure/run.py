@@ -87,9 +87,10 @@ def _with_tree_share(usage: Any, last: Any, tree: Any) -> Any:
 def run(cfg: Any, command: list[str], *, interval: float | None, output: str | None,
         as_json: bool) -> int:
     from carbonmeter.measure import summary
-    from carbonmeter.measure.meter import Meter, usage_between
+    from carbonmeter.measure.meter import Meter
     from carbonmeter.measure.publish import finished
     from carbonmeter.sinks.emissions_log import RowContext, new_run_id, open_log
+    from carbonmeter.usage import usage_between
 
     blocked = {*FORWARDED, signal.SIGCHLD}
     before = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)

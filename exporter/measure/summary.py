@@ -11,7 +11,7 @@ from typing import Any
 
 from carbonmeter import units
 from carbonmeter.carbon.compare import Elsewhere, greenest
-from carbonmeter.measure.meter import Usage
+from carbonmeter.usage import Usage
 
 SCHEMA = "carbonmeter.run/1"
 SCOPE_NOTE = ("whole machine: every process's energy is counted, not only the command's "
@@ -53,6 +53,7 @@ def as_json(usage: Usage, *, command: list[str] | None = None,
         "energy_j": usage.energy_j,
         "measured_energy_j": usage.measured_j,
         "estimated_energy_j": usage.estimated_j,
+        "estimated_relative_error": usage.estimated_relative_error,
         "emissions_g": usage.emissions_g,
         "intensity": {"g_per_kwh": i.g_per_kwh, "region": i.region, "provider": i.provider,
                       "source": i.source, "year": i.year},
@@ -62,6 +63,7 @@ def as_json(usage: Usage, *, command: list[str] | None = None,
             "id": d.id, "kind": d.kind, "source": d.source, "name": d.name,
             "estimated": d.estimated, "energy_j": d.energy_j, "emissions_g": d.emissions_g,
             "mean_power_w": d.energy_j / usage.duration_s if usage.duration_s > 0 else None,
+            "relative_error": d.relative_error(usage.duration_s),
         } for d in usage.devices],
         "greenest_regions": [_where(e) for e in greenest(
             usage.energy_kwh * usage.pue, usage.emissions_g, usage.intensity)],
@@ -82,14 +84,17 @@ def as_text(usage: Usage, *, command: list[str] | None = None,
     lines.append(f"  wall time   {units.duration(usage.duration_s)}")
     rows = [(f"{d.id} ({d.kind}, {d.source}, {'estimated' if d.estimated else 'measured'})",
              units.energy(d.energy_j),
-             f"{units.sig(d.energy_j / usage.duration_s)} W" if usage.duration_s > 0 else "")
+             (f"{units.sig(d.energy_j / usage.duration_s)} W" if usage.duration_s > 0 else "")
+             + (f"  {units.plus_minus(d.relative_error(usage.duration_s))}"
+                if d.device.error is not None else ""))
             for d in usage.devices]
     width = max([len(r[0]) for r in rows] + [5])
     lines.append("  energy")
     for name, energy, watts in rows:
         lines.append(f"    {name:<{width}}  {energy:>10}  {watts}")
+    bar = units.plus_minus(usage.estimated_relative_error)
     split = (f"{units.energy(usage.measured_j)} measured, "
-             f"{units.energy(usage.estimated_j)} estimated")
+             f"{units.energy(usage.estimated_j)} estimated" + (f" {bar}" if bar else ""))
     lines.append(f"    {'total':<{width}}  {units.energy(usage.energy_j):>10}  ({split})")
     year = f", {i.year}" if i.year else ""
     lines.append(f"  CO2eq       {units.mass(usage.emissions_g)} at {i.g_per_kwh:g} gCO2eq/kWh "

@@ -45,6 +45,7 @@ class Row:
     kinds: dict[str, float]  # kWh per device kind
     devices: dict[str, dict[str, Any]]  # id -> kind, source, estimated, energy (kWh)
     intensity: tuple[str, float, str, str]  # region, g/kWh, source, cloud provider
+    error: float | None = None  # energy_consumed_relative_error; None in logs without it
 
 
 @dataclass
@@ -65,6 +66,15 @@ class Summary:
     equivalents: list[tuple[Factor, float]]
     over_time: list[tuple[datetime, float, float]] = field(default_factory=list)
     bucket: str = ""
+    # expected relative error of energy_kwh (and emissions), from the rows that carry one
+    energy_relative_error: float | None = None
+
+
+def device_error(d: dict[str, Any]) -> float | None:
+    """The energy-weighted error bar of one device of `Summary.by_device`, or None."""
+    if not d.get("has_error") or d["energy_kwh"] <= 0:
+        return None
+    return d["error_kwh"] / d["energy_kwh"]
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -134,13 +144,15 @@ def _row(r: dict[str, Any], where: str) -> Row:
         g_per_kwh = emissions_g / (energy * pue) if energy > 0 else 0.0
     region = str(r.get("carbon_intensity_region") or r.get("cloud_region")
                  or r.get("country_iso_code") or "")
+    error = _num(r.get("energy_consumed_relative_error"), -1)
     return Row(end=end, duration_s=_num(r["duration"]), energy_kwh=energy,
                emissions_g=emissions_g, pue=pue, task=str(r.get("task_name") or ""),
                run_id=str(r.get("run_id") or ""),
                kinds={k: _num(r.get(col)) for k, col in KINDS},
                devices=devices if isinstance(devices, dict) else {},
                intensity=(region, g_per_kwh, str(r.get("carbon_intensity_source") or ""),
-                          str(r.get("cloud_provider") or "")))
+                          str(r.get("cloud_provider") or "")),
+               error=error if 0 <= error <= 10 else None)
 
 
 def _intensity(region: str, g: float, source: str, provider: str) -> Intensity:
@@ -193,9 +205,19 @@ def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
             acc = by_device.setdefault(dev, {"kind": d.get("kind", ""),
                                              "source": d.get("source", ""),
                                              "estimated": bool(d.get("estimated")),
-                                             "energy_kwh": 0.0})
-            acc["energy_kwh"] += _num(d.get("energy"))
+                                             "energy_kwh": 0.0, "error_kwh": 0.0,
+                                             "has_error": False})
+            kwh = _num(d.get("energy"))
+            acc["energy_kwh"] += kwh
+            err = _num(d.get("relative_error"), -1)
+            if 0 <= err <= 10:
+                acc["error_kwh"] += err * kwh
+                acc["has_error"] = True
     energy = sum(r.energy_kwh for r in rows)
+    with_error = [r for r in rows if r.error is not None]
+    known = sum(r.energy_kwh for r in with_error)
+    energy_error = (sum(r.error * r.energy_kwh for r in with_error) / known
+                    if with_error and known > 0 else None)
     facility = sum(r.energy_kwh * r.pue for r in rows)
     grams = sum(r.emissions_g for r in rows)
     used = Counter(r.intensity for r in rows).most_common(1)[0][0]
@@ -213,7 +235,8 @@ def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
         by_device=by_device, intensity=intensity,
         places=landmarks(facility, grams, intensity),
         equivalents=equivalents(grams, facility),
-        over_time=[(t, e, g) for t, (e, g) in sorted(over.items())], bucket=bucket)
+        over_time=[(t, e, g) for t, (e, g) in sorted(over.items())], bucket=bucket,
+        energy_relative_error=energy_error)
 
 
 def show_kwh(kwh: float) -> str:

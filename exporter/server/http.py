@@ -12,7 +12,8 @@ client costs a socket and a few kB, never a thread, and cannot hold up a scrape:
 - only GET and HEAD on known paths (405 with Allow otherwise, 404 for unknown paths);
   requests with a body are refused and the connection closed;
 - a handler that raises answers 500 with a fixed text: no stack trace reaches a client;
-- basic auth (bcrypt) runs off the loop, once per distinct credential.
+- basic auth (bcrypt) runs off the loop, once per distinct credential; paths in `public`
+  (the health check, whose probes send no credentials) answer without it.
 """
 
 from __future__ import annotations
@@ -76,10 +77,12 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, routes: dict[str, Route], *,
                  tls: ssl.SSLContext | None = None, auth: BasicAuth | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 public: frozenset[str] = frozenset()) -> None:
         self.routes = routes
         self.tls = tls
         self.auth = auth
+        self.public = public
         self.extra_headers = headers or {}
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # "[::]" listens on IPv4 too, as the kernel's default for a wildcard IPv6 socket
@@ -189,7 +192,8 @@ class HttpServer:
             r = _text(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD are allowed")
             r.headers["Allow"] = ", ".join(METHODS)
             return r, False
-        if self.auth is not None and not await self._authorized(req):
+        if (self.auth is not None and req.path not in self.public
+                and not await self._authorized(req)):
             r = _text(HTTPStatus.UNAUTHORIZED, "unauthorized")
             r.headers["WWW-Authenticate"] = 'Basic realm="carbonmeter", charset="UTF-8"'
             return r, False

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carbonmeter.config import ConfigError, _unknown, read_yaml
+from carbonmeter.config import ConfigError, read_yaml
+from carbonmeter.config.checks import unknown_key
 
 TOP = ("tls_server_config", "http_server_config", "basic_auth_users")
 TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
@@ -70,7 +71,7 @@ def load(path: str) -> WebConfig:
         raise ConfigError(f"{p}: the top level must be a mapping of {', '.join(TOP)}")
     for key in doc:
         if key not in TOP:
-            raise _unknown(str(p), str(key), TOP)
+            raise unknown_key(str(p), str(key), TOP)
     cfg = WebConfig(str(p))
     tls = _section(p, doc, "tls_server_config")
     if tls:
@@ -78,7 +79,7 @@ def load(path: str) -> WebConfig:
     http = _section(p, doc, "http_server_config")
     for key, value in http.items():
         if key not in HTTP_KEYS:
-            raise _unknown(str(p), f"http_server_config.{key}",
+            raise unknown_key(str(p), f"http_server_config.{key}",
                            [f"http_server_config.{k}" for k in HTTP_KEYS])
         if key == "http2" and not isinstance(value, bool):
             raise ConfigError(f"{p}: http_server_config.http2: must be true or false "
@@ -129,7 +130,7 @@ def _tls(p: Path, tls: dict[Any, Any]) -> ssl.SSLContext:
             raise ConfigError(f"{p}: tls_server_config.{key} is not supported by carbonmeter "
                               f"(supported: {', '.join(TLS_KEYS)})")
         if key not in TLS_KEYS:
-            raise _unknown(str(p), f"tls_server_config.{key}",
+            raise unknown_key(str(p), f"tls_server_config.{key}",
                            [f"tls_server_config.{k}" for k in TLS_KEYS])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     for key, default, attr in (("min_version", "TLS12", "minimum_version"),

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,7 +30,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from carbonmeter.measure.meter import Usage
+from carbonmeter.periodic import Periodic
+from carbonmeter.usage import Usage, usage_between
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,15 @@ OWN_COLUMNS = (
     "carbon_intensity",  # gCO2eq/kWh in use at the end of the row
     "carbon_intensity_region",  # "FR", "world", "custom", a cloud region
     "carbon_intensity_source",  # the citation of that figure
-    "platform_power",  # W, RAPL psys (whole SoC), never summed with cpu_* or ram_*
+    "platform_power",  # W: RAPL psys (whole SoC, then no cpu_* or ram_*), or the estimate
+    # of the rest of the server (platform_model), beside cpu_* and ram_*
     "platform_energy",  # kWh
-    "devices",  # JSON: {device: {kind, source, estimated, energy kWh, emissions kg}}
+    # JSON: {device: {kind, source, estimated, energy kWh, emissions kg, relative_error}}
+    "devices",
     "carbonmeter_version",
+    # expected relative error of energy_consumed (and emissions): the estimated devices'
+    # error bars weighted by their energy; 0 when everything was measured
+    "energy_consumed_relative_error",
 )
 COLUMNS = CODECARBON_COLUMNS + OWN_COLUMNS
 # Device kinds as CodeCarbon groups them: DRAM measured by RAPL and RAM estimated both go
@@ -162,9 +167,12 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "") -> dict[str, Any]
         "platform_power": watts("platform"),
         "platform_energy": kwh["platform"],
         "devices": {d.id: {"kind": d.kind, "source": d.source, "estimated": d.estimated,
-                           "energy": d.energy_j / 3.6e6, "emissions": d.emissions_g / 1000}
+                           "energy": d.energy_j / 3.6e6, "emissions": d.emissions_g / 1000,
+                           **({} if (e := d.relative_error(usage.duration_s)) is None
+                              else {"relative_error": e})}
                     for d in usage.devices},
         "carbonmeter_version": host["carbonmeter_version"],
+        "energy_consumed_relative_error": usage.energy_relative_error,
     }
 
 
@@ -295,34 +303,32 @@ def open_log(cfg_log: Any, *, path: str | None = None, fmt: str | None = None) \
     return EmissionsLog(path, fmt or cfg_log.format) if path else None
 
 
-class IntervalWriter:
+class EmissionsLogSink(Periodic):
     """`serve`: one row per sampler snapshot, written by its own thread, never the loop's.
 
     Each row is the difference between the last snapshot written and the newest one, so a
-    snapshot skipped (a slow disk) only makes the next row longer; nothing is lost.
+    snapshot skipped (a slow disk) only makes the next row longer; nothing is lost. At close,
+    the row of what was counted since the last one.
     """
+
+    cursor = None
 
     def __init__(self, log_: EmissionsLog, latest: Callable[[], Any], interval: float,
                  ctx: RowContext) -> None:
+        super().__init__("emissions-log", interval)
         self.log = log_
         self.latest = latest
-        self.interval = interval
         self.ctx = ctx
-        self._stop = threading.Event()
         self._written = latest()
         self._failing = ""
-        self._thread = threading.Thread(target=self._run, name="emissions-log", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self._written = self.latest()  # rows begin at the first sample
+        super().start()
+        log.info("emissions log: one row per interval in %s (%s)", self.log.path,
+                 self.log.format)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.write()
-
-    def write(self) -> None:
-        from carbonmeter.measure.meter import usage_between
-
+    def tick(self) -> None:
         snap = self.latest()
         if snap.seq == self._written.seq:
             return
@@ -339,9 +345,3 @@ class IntervalWriter:
             log.info("emissions log %s: writing again", self.log.path)
             self._failing = ""
         self._written = snap
-
-    def stop(self) -> None:
-        """Stop the thread and write what was counted since the last row."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.write()

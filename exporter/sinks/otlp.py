@@ -38,8 +38,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from carbonmeter import __version__
-from carbonmeter.config import Otlp
-from carbonmeter.probes.base import Device
+from carbonmeter.config import OtlpConfig
+from carbonmeter.probes.base import Device, relative_error
 from carbonmeter.sinks.outage import Outage
 from carbonmeter.snapshot import Snapshot
 
@@ -180,7 +180,7 @@ def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-def _sdk_exporter(cfg: Otlp, session: typing.Any) -> MetricExporter:
+def _sdk_exporter(cfg: OtlpConfig, session: typing.Any) -> MetricExporter:
     # Explicit, so the SDK's own reading of OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
     # cannot contradict the resolved configuration. Gauges have no temporality.
     temporality = {ObservableCounter: AggregationTemporality.DELTA
@@ -217,9 +217,14 @@ def _sdk_exporter(cfg: Otlp, session: typing.Any) -> MetricExporter:
 
 
 class OtlpSink:
-    """Exports every `cfg.interval_seconds` until close(), which exports once more."""
+    """Exports every `cfg.interval_seconds` from start() until close(), which exports once
+    more; `delivered` says whether that last export arrived. The SDK's reader exports on its
+    own thread."""
 
-    def __init__(self, cfg: Otlp, latest: Callable[[], Snapshot]) -> None:
+    name = "otlp"
+    cursor = "otlp"
+
+    def __init__(self, cfg: OtlpConfig, latest: Callable[[], Snapshot]) -> None:
         self.cfg = cfg
         self.what = f"OTLP export to {cfg.endpoint} ({cfg.protocol})"
         self.held = _HeldLogs()
@@ -234,7 +239,10 @@ class OtlpSink:
         self._pinned: Snapshot | None = None
         self._attrs: dict[Device, dict[str, str]] = {}
         self._host = {"hw.id": HOST_ID, "hw.name": socket.gethostname()}
-        sink = self
+        self.provider: MeterProvider | None = None
+
+    def start(self) -> None:
+        sink, cfg = self, self.cfg
 
         class Reader(PeriodicExportingMetricReader):
             def collect(self, timeout_millis: float = 10_000) -> None:
@@ -250,7 +258,9 @@ class OtlpSink:
                              export_timeout_millis=cfg.timeout_seconds * 1000)
         self.provider = MeterProvider(metric_readers=[self.reader], resource=resource(),
                                       shutdown_on_exit=False)
-        self._instruments()
+        self._instruments(self.provider)
+        log.info("%s every %gs, %s temporality", self.what, cfg.interval_seconds,
+                 cfg.temporality)
 
     def _snapshot(self) -> Snapshot:
         return self._pinned if self._pinned is not None else self._latest()
@@ -261,8 +271,8 @@ class OtlpSink:
             attrs = self._attrs[d] = device_attributes(d)
         return attrs
 
-    def _instruments(self) -> None:
-        meter = self.provider.get_meter("carbonmeter", __version__)
+    def _instruments(self, provider: MeterProvider) -> None:
+        meter = provider.get_meter("carbonmeter", __version__)
 
         def energy(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(t.energy_j, self._device(t.device))
@@ -275,6 +285,10 @@ class OtlpSink:
         def emissions(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(t.emissions_g, self._device(t.device))
                     for t in self._snapshot().devices]
+
+        def estimate_error(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(e, self._device(t.device)) for t in self._snapshot().devices
+                    if (e := relative_error(t.device, t.power_w)) is not None]
 
         def host_energy(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(self._snapshot().host_energy_j, self._host)]
@@ -297,7 +311,7 @@ class OtlpSink:
                 out = [Observation(v, view.otel_attributes(r)) for r in view.rows
                        if (v := value(r)) is not None]
                 if ack:  # ended workloads' final values are out: they may now be dropped
-                    view.exported()
+                    view.exported(self.cursor)
                 return out
             return observe
 
@@ -329,23 +343,23 @@ class OtlpSink:
              "the component's energy, PUE applied, at each interval's intensity."),
             (gauge, "carbonmeter.carbon_intensity", intensity, "g/kWh",
              "Carbon intensity of the grid in use, gCO2eq/kWh."),
+            (gauge, "carbonmeter.estimate.relative_error", estimate_error, "1",
+             "Expected relative error of an estimated component's power at its last reading, "
+             "from the model's error on measured servers; measured components have none."),
         ):
             create(name, [callback], unit=unit, description=description)
 
-    def close(self) -> bool:
-        """Export the latest totals once more and stop; True when that export arrived."""
-        self.provider.shutdown(timeout_millis=self.cfg.timeout_seconds * 1000 + 1000)
-        if not self.exporter.delivered:
-            log.warning("%s: the final export did not arrive; the collector keeps the "
-                        "totals of the last export that did", self.what)
+    @property
+    def delivered(self) -> bool:
+        return self.exporter.delivered
+
+    def close(self) -> None:
+        """Export the latest totals once more and stop."""
+        if self.provider is not None:
+            self.provider.shutdown(timeout_millis=self.cfg.timeout_seconds * 1000 + 1000)
+            if not self.exporter.delivered:
+                log.warning("%s: the final export did not arrive; the collector keeps the "
+                            "totals of the last export that did", self.what)
         sdk_logs = logging.getLogger("opentelemetry.exporter")
         sdk_logs.removeHandler(self.held)
         sdk_logs.propagate = True
-        return self.exporter.delivered
-
-
-def start(cfg: Otlp, latest: Callable[[], Snapshot]) -> OtlpSink:
-    sink = OtlpSink(cfg, latest)
-    log.info("%s every %gs, %s temporality", sink.what, cfg.interval_seconds,
-             cfg.temporality)
-    return sink

@@ -12,7 +12,6 @@ import logging
 import platform
 import threading
 from collections.abc import Callable, Iterator
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -25,7 +24,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 
 from carbonmeter import __version__
-from carbonmeter.server.http import HttpServer, Request, Response
+from carbonmeter.probes.base import relative_error
+from carbonmeter.server.endpoint import make_server
 from carbonmeter.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -37,10 +37,12 @@ DEVICE_LABELS = ("device", "kind", "source")
 
 
 class SnapshotCollector:
-    """Builds fresh metric families from whatever snapshot `latest()` returns."""
+    """Builds fresh metric families from whatever snapshot `latest()` returns; what it
+    renders of the workload rows is acknowledged under `cursor` (see carbonmeter.sinks)."""
 
-    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+    def __init__(self, latest: Callable[[], Snapshot], cursor: str | None = None) -> None:
         self.latest = latest
+        self.cursor = cursor
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the snapshot; nothing to pre-register
@@ -61,6 +63,11 @@ class SnapshotCollector:
             "carbonmeter_unmeasured_seconds", "Time in which a device's energy could not be "
             "known (exporter down, stopped or suspended, probe failing) and was not counted.",
             labels=DEVICE_LABELS, unit="seconds")
+        error = GaugeMetricFamily(
+            "carbonmeter_estimate_relative_error", "Expected relative error of an estimated "
+            "device's power at its last reading (0.2: within 20 %), from the model's error on "
+            "measured servers it was not fitted on; measured devices have none.",
+            labels=DEVICE_LABELS, unit="ratio")
         for d in s.devices:
             labels = (d.device.id, d.device.kind, d.device.source)
             energy.add_metric(labels, d.energy_j)
@@ -68,7 +75,12 @@ class SnapshotCollector:
             unmeasured.add_metric(labels, d.unmeasured_s)
             if d.power_w is not None:
                 power.add_metric(labels, d.power_w)
+            err = relative_error(d.device, d.power_w)
+            if err is not None:
+                error.add_metric(labels, err)
         yield from (energy, power, emissions, unmeasured)
+        if error.samples:
+            yield error
         yield CounterMetricFamily(
             "carbonmeter_host_energy_joules", "Energy of the host: the sum of its devices, or "
             "where a whole-host meter runs (IPMI, Redfish) that meter plus devices beside the "
@@ -108,7 +120,8 @@ class SnapshotCollector:
             from carbonmeter.sinks.workloads import families
 
             yield from families(s.attribution)
-            s.attribution.exported()
+            if self.cursor is not None:
+                s.attribution.exported(self.cursor)
         info = InfoMetricFamily("carbonmeter_build", "carbonmeter version.")
         info.add_metric((), {"version": __version__,
                              "python_version": platform.python_version()})
@@ -138,10 +151,10 @@ def _provider_families(s: Snapshot) -> Iterator[Metric]:
 class Renderer:
     """Exposition bytes for one snapshot, cached per (snapshot, format, gzip)."""
 
-    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+    def __init__(self, latest: Callable[[], Snapshot], cursor: str | None = None) -> None:
         self.latest = latest
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(self._pinned))
+        self.registry.register(SnapshotCollector(self._pinned, cursor))
         self._pin: Snapshot | None = None
         self._cache: dict[tuple[int, str, bool], bytes] = {}
         self._lock = threading.Lock()
@@ -174,34 +187,27 @@ class Renderer:
         return body, content_type
 
 
-LANDING = """<!doctype html><html><head><meta charset="utf-8"><title>carbonmeter</title></head>
-<body><h1>carbonmeter {version}</h1>
-<p>Energy and CO<sub>2</sub>eq of this host, for Prometheus.</p>
-<ul><li><a href="/metrics">/metrics</a> &mdash; Prometheus and OpenMetrics exposition</li>
-<li><a href="/healthz">/healthz</a> &mdash; 200 while sampling, 503 when stalled</li></ul>
-</body></html>
-"""
+class PrometheusSink:
+    """/metrics, scraped: the HTTP endpoint (bound at construction, so a port in use stops
+    the exporter before anything runs) serving the renderer's bytes."""
 
+    name = "prometheus"
+    cursor = "prometheus"
 
-def make_server(host: str, port: int, renderer: Renderer, alive: Callable[[], bool],
-                web: WebConfig | None = None) -> HttpServer:
-    """The HTTP endpoint for /metrics, /healthz and /, with TLS and basic auth when `web`
-    says so; call serve_forever() on it (the socket is already bound)."""
-    landing = LANDING.format(version=__version__).encode()
+    def __init__(self, host: str, port: int, latest: Callable[[], Snapshot],
+                 alive: Callable[[], bool], web: WebConfig | None = None, *,
+                 healthz_auth: bool = False) -> None:
+        self.renderer = Renderer(latest, self.cursor)
+        self.server = make_server(host, port, self.renderer.render, alive, web,
+                                  healthz_auth=healthz_auth)
 
-    def metrics(req: Request) -> Response:
-        gz = "gzip" in req.headers.get("accept-encoding", "")
-        body, ctype = renderer.render(req.headers.get("accept"), gz)
-        return Response(HTTPStatus.OK, body, ctype, {"Content-Encoding": "gzip"} if gz else {})
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
 
-    def healthz(req: Request) -> Response:
-        if alive():
-            return Response(HTTPStatus.OK, b"ok\n")
-        return Response(HTTPStatus.SERVICE_UNAVAILABLE, b"sampler stalled\n")
+    def start(self) -> None:
+        threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
 
-    def index(req: Request) -> Response:
-        return Response(HTTPStatus.OK, landing, "text/html; charset=utf-8")
-
-    return HttpServer(host, port, {"/metrics": metrics, "/healthz": healthz, "/": index},
-                      tls=web.tls if web else None, auth=web.auth() if web else None,
-                      headers=web.headers if web else None)
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

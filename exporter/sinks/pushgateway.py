@@ -15,7 +15,6 @@ import base64
 import logging
 import socket
 import ssl
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -23,7 +22,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import delete_from_gateway, push_to_gateway
 
-from carbonmeter.config import Pushgateway
+from carbonmeter.config import PushgatewayConfig
+from carbonmeter.periodic import Periodic
 from carbonmeter.sinks.outage import Outage
 from carbonmeter.sinks.prometheus import SnapshotCollector
 from carbonmeter.snapshot import Snapshot
@@ -39,12 +39,12 @@ class PushError(Exception):
         self.reason = reason or message  # the cause alone, without the URL
 
 
-def grouping_key(cfg: Pushgateway) -> dict[str, str]:
+def grouping_key(cfg: PushgatewayConfig) -> dict[str, str]:
     """The labels (besides job) that name this pusher's group."""
     return {"instance": cfg.instance or socket.gethostname(), **cfg.grouping}
 
 
-def _tls_context(cfg: Pushgateway) -> ssl.SSLContext | None:
+def _tls_context(cfg: PushgatewayConfig) -> ssl.SSLContext | None:
     if cfg.certificate is None and cfg.client_certificate is None:
         return None  # urllib's default: the system's trusted CAs
     ctx = ssl.create_default_context(cafile=cfg.certificate)
@@ -53,7 +53,7 @@ def _tls_context(cfg: Pushgateway) -> ssl.SSLContext | None:
     return ctx
 
 
-def _handler(cfg: Pushgateway) -> Callable[..., Callable[[], None]]:
+def _handler(cfg: PushgatewayConfig) -> Callable[..., Callable[[], None]]:
     """A prometheus_client push handler with basic auth and TLS together (its own
     basic_auth_handler cannot verify against a private CA, its tls_auth_handler
     requires a client certificate)."""
@@ -94,10 +94,12 @@ def _describe(e: Exception, timeout: float) -> str:
     return str(e) or type(e).__name__
 
 
-def push_snapshot(cfg: Pushgateway, snapshot: Snapshot, *, delete: bool = False) -> None:
+def push_snapshot(cfg: PushgatewayConfig, snapshot: Snapshot, *, delete: bool = False,
+                  cursor: str | None = None) -> None:
     """Push `snapshot` to the group, replacing what it held; with delete=True remove the
     group instead. For one push at exit (`carbonmeter run`, the Python API) and for
-    each push of `serve`. Raises PushError, never anything else."""
+    each push of `serve`; `cursor`: the name its workload rows are acknowledged under.
+    Raises PushError, never anything else."""
     if cfg.url is None:
         raise PushError("pushgateway.url is not set")
     try:
@@ -106,7 +108,7 @@ def push_snapshot(cfg: Pushgateway, snapshot: Snapshot, *, delete: bool = False)
                                 timeout=cfg.timeout_seconds, handler=_handler(cfg))
         else:
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(SnapshotCollector(lambda: snapshot))
+            registry.register(SnapshotCollector(lambda: snapshot, cursor))
             push_to_gateway(cfg.url, cfg.job, registry, grouping_key(cfg),
                             timeout=cfg.timeout_seconds, handler=_handler(cfg))
     except Exception as e:
@@ -115,53 +117,49 @@ def push_snapshot(cfg: Pushgateway, snapshot: Snapshot, *, delete: bool = False)
         raise PushError(f"cannot {verb} {cfg.url}: {reason}", reason) from e
 
 
-class PushgatewaySink:
+class PushgatewaySink(Periodic):
     """Pushes the latest snapshot every `interval` seconds; close() pushes the final
     totals (or deletes the group when `delete_on_exit`)."""
 
-    def __init__(self, cfg: Pushgateway, latest: Callable[[], Snapshot],
+    cursor = "pushgateway"
+
+    def __init__(self, cfg: PushgatewayConfig, latest: Callable[[], Snapshot],
                  interval: float) -> None:
+        super().__init__("pushgateway", cfg.interval_seconds or interval)
         self.cfg = cfg
         self.latest = latest
-        self.interval = cfg.interval_seconds or interval
         self.outage = Outage(log, f"push to {cfg.url}", self.interval)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pushgateway", daemon=True)
+        self.delivered = False  # whether the last push (or the delete at close) arrived
 
-    def start(self) -> PushgatewaySink:
-        self._thread.start()
+    def start(self) -> None:
+        super().start()
         labels = ", ".join(f"{k}={v}" for k, v in
                            {"job": self.cfg.job, **grouping_key(self.cfg)}.items())
         log.info("pushing to %s every %gs as {%s}", self.cfg.url, self.interval, labels)
-        return self
+
+    def tick(self) -> None:
+        self.push()
 
     def push(self) -> bool:
         try:
-            push_snapshot(self.cfg, self.latest())
+            push_snapshot(self.cfg, self.latest(), cursor=self.cursor)
         except PushError as e:
             self.outage.failed(e.reason)
             return False
         self.outage.succeeded()
         return True
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.push()
-
-    def close(self) -> bool:
-        """The final push (or the delete); True when it was accepted."""
-        self._stop.set()
-        self._thread.join(timeout=self.cfg.timeout_seconds + 1)
+    def final(self) -> None:
         delete = self.cfg.delete_on_exit
         try:
-            push_snapshot(self.cfg, self.latest(), delete=delete)
+            push_snapshot(self.cfg, self.latest(), delete=delete, cursor=self.cursor)
         except PushError as e:
             log.warning("at exit: %s", e)
-            return False
+            self.delivered = False
+            return
         log.info("%s the Pushgateway group at exit", "deleted" if delete else "pushed the "
                  "final totals to")
-        return True
+        self.delivered = True
 
-
-def start(cfg: Pushgateway, latest: Callable[[], Snapshot], interval: float) -> PushgatewaySink:
-    return PushgatewaySink(cfg, latest, interval).start()
+    def close(self, timeout: float | None = None) -> None:
+        super().close(self.cfg.timeout_seconds + 1 if timeout is None else timeout)

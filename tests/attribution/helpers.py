@@ -20,14 +20,21 @@ GPU = Device("gpu-0", "gpu", "nvml")
 INTENSITY = Intensity(100.0, "test", "config", "test")
 
 
+SCRAPE = "scrape"  # the one reader of the workload rows in these tests: a scraper
+
+
 def attributor(node: FakeNode, level: str, *, env: Mapping[str, str] | None = None,
-               nvml: Any = None, baseline: bool = True, **settings: Any) -> Attributor:
-    """An attributor as `serve` builds it; with `baseline`, after its first read of usage."""
+               nvml: Any = None, baseline: bool = True, readers: tuple[str, ...] = (SCRAPE,),
+               **settings: Any) -> Attributor:
+    """An attributor as `serve` builds it, its rows exported by `readers`; with `baseline`,
+    after its first read of usage."""
     overrides = {"paths.procfs": str(node.procfs), "paths.sysfs": str(node.sysfs),
                  "attribution.level": level}
     overrides.update({f"attribution.{k}": v for k, v in settings.items()})
     a = build(config.load(env={}, overrides=overrides), [], env=env or {}, nvml=nvml)
     assert a is not None
+    for reader in readers:
+        a.add_reader(reader)
     if baseline:
         a.account([], INTENSITY, 1.0)
     return a

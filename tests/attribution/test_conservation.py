@@ -10,35 +10,27 @@ import random
 import pytest
 
 from carbonmeter.carbon.intensity import Intensity, Static
-from carbonmeter.probes.base import ProbeRead, Reading
+from carbonmeter.probes.base import Reading
 from carbonmeter.sampler import Sampler
-from tests.attribution.helpers import CPU, DRAM, GPU, attributor
+from tests.attribution.helpers import CPU, DRAM, GPU, SCRAPE, attributor
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
+from tests.fakes.probe import ScriptedProbe
 from tests.fixtures.node import standard_node
 
 WRAP = int(CPU.wrap_uj)
 
 
-class Probe:
+def counters(rng: random.Random) -> ScriptedProbe:
     """RAPL-like counters (wrapping) for a package and its DRAM, and a GPU's power."""
+    state = {"cpu": WRAP - 5_000_000, "dram": 0}
 
-    name = "scripted"
-    covers = frozenset({"cpu", "dram", "gpu"})
-    devices = (CPU, DRAM, GPU)
+    def script(n: int) -> list[Reading]:
+        state["cpu"] = (state["cpu"] + rng.randint(20_000_000, 150_000_000)) % WRAP
+        state["dram"] = (state["dram"] + rng.randint(1_000_000, 9_000_000)) % int(DRAM.wrap_uj)
+        return [Reading(CPU, counter_uj=state["cpu"]), Reading(DRAM, counter_uj=state["dram"]),
+                Reading(GPU, power_w=rng.uniform(60, 300))]
 
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.cpu = WRAP - 5_000_000
-        self.dram = 0
-
-    def read(self) -> ProbeRead:
-        self.cpu = (self.cpu + self.rng.randint(20_000_000, 150_000_000)) % WRAP
-        self.dram = (self.dram + self.rng.randint(1_000_000, 9_000_000)) % int(DRAM.wrap_uj)
-        return ProbeRead([Reading(CPU, counter_uj=self.cpu), Reading(DRAM, counter_uj=self.dram),
-                          Reading(GPU, power_w=self.rng.uniform(60, 300))], [])
-
-    def close(self) -> None:
-        pass
+    return ScriptedProbe([CPU, DRAM, GPU], script=script)
 
 
 def churn(rng: random.Random, sn, n: int) -> None:
@@ -76,7 +68,7 @@ def test_rows_add_up_to_the_host_every_interval(ram_path, level, layout, top_n):
                              sm_util=dict.fromkeys(on_gpu, 30))])
     a = attributor(sn.node, level, top_n=top_n, idle_policy="equal", min_energy_joules=5,
                    nvml=fake)
-    sampler = Sampler([Probe(rng)], Static(Intensity(321.0, "x", "config", "t")), pue=1.3,
+    sampler = Sampler([counters(rng)], Static(Intensity(321.0, "x", "config", "t")), pue=1.3,
                       interval=3600, attributor=a)
     worst_j = worst_g = 0.0
     for n in range(600):
@@ -93,7 +85,7 @@ def test_rows_add_up_to_the_host_every_interval(ram_path, level, layout, top_n):
             worst_j = max(worst_j, abs(rows_j + hidden_j - host_j))
             worst_g = max(worst_g, abs(rows_g + hidden_g - host_g))
         if n % 3 == 0:
-            view.exported()  # a scrape
+            view.exported(SCRAPE)  # a scrape
     assert snap.host_energy_j > 45_000  # a long run: about 55 kJ
     assert worst_j < 1e-6  # 1 µJ
     assert worst_g < 1e-9

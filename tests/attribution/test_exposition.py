@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from carbonmeter.carbon.intensity import Intensity, Static
-from carbonmeter.probes.base import ProbeRead, Reading
 from carbonmeter.sampler import Sampler
 from carbonmeter.sinks.prometheus import Renderer
-from tests.attribution.helpers import CPU, DRAM, attributor
+from tests.attribution.helpers import CPU, DRAM, SCRAPE, attributor
 from tests.attribution.test_kubernetes import kubelet
 from tests.fakes.fake_nvml import FakeGpu, write_state
+from tests.fakes.probe import ScriptedProbe
 from tests.fixtures.node import standard_node
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import free_port, http_get, prom_query, prometheus, require, wait_for
@@ -26,21 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIM = ROOT / "tests" / "fakes" / "nvml_shim"
 
 
-class Counters:
-    name = "scripted"
-    covers = frozenset({"cpu", "dram"})
-    devices = (CPU, DRAM)
-
-    def __init__(self) -> None:
-        self.uj = 0
-
-    def read(self) -> ProbeRead:
-        self.uj += 10_000_000
-        return ProbeRead([Reading(CPU, counter_uj=self.uj), Reading(DRAM, counter_uj=self.uj)],
-                         [])
-
-    def close(self) -> None:
-        pass
+def counters() -> ScriptedProbe:
+    return ScriptedProbe.counting(CPU, DRAM, joules=10.0)
 
 
 def pids_in(node, rel):
@@ -51,7 +38,7 @@ def test_exposition_names_labels_promtool_and_scraped_endings(ram_path):
     sn = standard_node(ram_path, processes=100)
     node = sn.node
     a = attributor(node, "container", idle_watts={"cpu": 0})
-    sampler = Sampler([Counters()], Static(Intensity(56.0, "FR", "bundled", "t")), pue=1.5,
+    sampler = Sampler([counters()], Static(Intensity(56.0, "FR", "bundled", "t")), pue=1.5,
                       interval=3600, attributor=a)
     sampler.sample()
     pod = sn.pods[1]
@@ -60,7 +47,7 @@ def test_exposition_names_labels_promtool_and_scraped_endings(ram_path):
     node.elapse(1)
     node.flush()
     sampler.sample()
-    renderer = Renderer(lambda: sampler.latest)
+    renderer = Renderer(lambda: sampler.latest, SCRAPE)
     body, _ = renderer.render("", False)
     text = body.decode()
     cid = pod.containers["c1"][:12]
@@ -88,7 +75,7 @@ def test_exposition_names_labels_promtool_and_scraped_endings(ram_path):
 
 
 def test_attribution_off_adds_nothing(ram_path):
-    sampler = Sampler([Counters()], Static(Intensity(56.0, "FR", "bundled", "t")), pue=1.0,
+    sampler = Sampler([counters()], Static(Intensity(56.0, "FR", "bundled", "t")), pue=1.0,
                       interval=3600)
     sampler.sample()
     assert sampler.latest.attribution is None

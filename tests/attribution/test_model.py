@@ -150,6 +150,7 @@ def test_minimum_energy_and_pending_names_go_to_other():
 
 def test_ended_workloads_stay_until_exported_once_then_retire():
     led = Ledger(top_n=10, min_energy_j=0.0)
+    led.register("scrape")
     a, b = ("pod", "a"), ("pod", "b")
     record(led, {a: ident("a"), b: ident("b")}, {a: credit(3), b: credit(4)})
     # b ends; its last interval's energy still arrives (found through its parent cgroup)
@@ -159,7 +160,7 @@ def test_ended_workloads_stay_until_exported_once_then_retire():
     assert r[("pod", ("ns", "b"), "cpu")].power_w is None  # ended: no power
     record(led, {a: ident("a")}, {a: credit(1)})
     assert ("pod", ("ns", "b"), "cpu") in rows(led)  # nobody exported it yet
-    led.ack(led.interval)
+    led.ack("scrape", led.interval)
     record(led, {a: ident("a")}, {a: credit(1)})
     assert ("pod", ("ns", "b"), "cpu") not in rows(led)
     assert led.hidden()["cpu"][0] == 6
@@ -180,6 +181,7 @@ def test_unexported_ended_workloads_are_dropped_after_an_hour():
 def test_a_new_workload_never_takes_labels_still_shown_for_an_ended_one():
     # PID reuse with the same comm: same labels; the old series is shown until exported
     led = Ledger(top_n=10, min_energy_j=0.0)
+    led.register("scrape")
     old, new = ("process", 7, 100), ("process", 7, 200)
     same = Identity("process", ("7", "sh"))
     record(led, {old: same}, {old: credit(5)})
@@ -187,7 +189,7 @@ def test_a_new_workload_never_takes_labels_still_shown_for_an_ended_one():
     shown = [r for r in led.rows(2) if r.workload == "process"]
     assert [(r.energy_j, r.power_w) for r in shown] == [(5, None)]
     assert rows(led)[("other", ("", ""), "cpu")].energy_j == 2
-    led.ack(led.interval)
+    led.ack("scrape", led.interval)
     record(led, {new: same}, {new: credit(1)})
     shown = [r for r in led.rows(2) if r.workload == "process"]
     assert [(r.energy_j, r.power_w) for r in shown] == [(1, 1)]

@@ -19,11 +19,11 @@ import pytest
 from carbonmeter import state
 from carbonmeter.attribution.attributor import Attributor
 from carbonmeter.carbon.intensity import Intensity, Static
-from carbonmeter.probes.base import ProbeRead, Reading
 from carbonmeter.sampler import Sampler
-from tests.attribution.helpers import CPU, attributor
-from tests.attribution.test_conservation import Probe, churn
+from tests.attribution.helpers import CPU, SCRAPE, attributor
+from tests.attribution.test_conservation import churn, counters
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
+from tests.fakes.probe import ScriptedProbe
 from tests.fixtures.node import FakeNode, standard_node
 
 BOOT = "2f0c7e1a-6b4d-4c1e-9a57-3d2b8e9f0a11"
@@ -31,23 +31,9 @@ INTENSITY = Static(Intensity(321.0, "x", "config", "t"))
 BUSY = {"min_energy_joules": 0, "idle_watts": {"cpu": 0.0}}  # the package's energy is all use
 
 
-class Package:
+def package(joules: float = 100.0) -> ScriptedProbe:
     """A package counter that spends `joules` between reads."""
-
-    name = "package"
-    covers = frozenset({"cpu"})
-    devices = (CPU,)
-
-    def __init__(self, joules: float = 100.0) -> None:
-        self.uj = 0
-        self.step = int(joules * 1e6)
-
-    def read(self) -> ProbeRead:
-        self.uj = (self.uj + self.step) % int(CPU.wrap_uj)
-        return ProbeRead([Reading(CPU, counter_uj=self.uj)], [])
-
-    def close(self) -> None:
-        pass
+    return ScriptedProbe.counting(CPU, joules=joules, name="package")
 
 
 def series(s: Sampler) -> dict[tuple, float]:
@@ -65,7 +51,7 @@ def restart(old: Sampler, new_attributor: Attributor, probes: list, store: state
             boot: str = BOOT) -> Sampler:
     """Checkpoint `old`, stop it, and start a sampler on the same probes from the file."""
     assert store.save(BOOT, old.export())
-    old.stop()
+    old.close()
     new = Sampler(probes, INTENSITY, pue=1.3, interval=3600, attributor=new_attributor)
     new.restore(store.load(), boot)
     return new
@@ -91,7 +77,7 @@ def test_series_continue_and_rows_add_up_through_restarts(ram_path, tmp_path, le
     fake = FakeNvml([FakeGpu(processes=dict.fromkeys(on_gpu, 1 << 30),
                              sm_util=dict.fromkeys(on_gpu, 30))])
     settings = {"top_n": top_n, "idle_policy": "equal", "min_energy_joules": 5, "nvml": fake}
-    probes = [Probe(rng)]
+    probes = [counters(rng)]
     store = state.Store(tmp_path / "state.json")
     s = Sampler(probes, INTENSITY, pue=1.3, interval=3600,
                 attributor=attributor(sn.node, level, **settings))
@@ -117,7 +103,7 @@ def test_series_continue_and_rows_add_up_through_restarts(ram_path, tmp_path, le
             s.sample()
         worst = max(worst, worst_imbalance(s))
         if n % 3 == 0:
-            s.latest.attribution.exported()  # a scrape
+            s.latest.attribution.exported(SCRAPE)  # a scrape
     assert restarts == 6 and worst < 1e-6
     assert s.latest.host_energy_j > 20_000
     assert [r for r in s.latest.attribution.rows if r.workload == level and r.energy_j
@@ -137,7 +123,7 @@ class Node:
             self.uids[name] = pod.uid
             self.pids[name] = node.spawn(node.add_container(pod, "app", cpu_millis=1000), name)
         node.flush()
-        self.probes = [Package()]
+        self.probes = [package()]
         self.store = state.Store(root / "state.json")
         self.s = Sampler(self.probes, INTENSITY, pue=1.0, interval=3600,
                          attributor=attributor(node, level, **BUSY))
@@ -170,7 +156,7 @@ def test_a_running_pod_continues_and_one_gone_is_shown_once_more(tmp_path):
     n.step()  # a is found again and continues in its series; b is not
     assert series(n.s)[a] > before[a] and power(n.s, "pod", a[1]) > 0
     assert series(n.s)[b] == before[b] and power(n.s, "pod", b[1]) is None  # ended
-    n.s.latest.attribution.exported()  # scraped once more
+    n.s.latest.attribution.exported(SCRAPE)  # scraped once more
     n.step()
     assert b not in series(n.s)
     assert n.s.latest.attribution.hidden["cpu"][0] == pytest.approx(before[b])  # not lost
@@ -188,7 +174,7 @@ def test_process_series_continue_only_on_the_same_boot(tmp_path, same_boot):
     n.restart("process", BOOT if same_boot else "another-boot")
     n.step()  # usage's starting point: unattributed
     n.step()  # same boot: a's series goes on; another: a new process, in `other`
-    n.s.latest.attribution.exported()
+    n.s.latest.attribution.exported(SCRAPE)
     n.step()  # the old series, ended after a reboot, is dropped
     n.step()
     if same_boot:

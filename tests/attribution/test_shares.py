@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from carbonmeter.accounting import EnergyDelta
-from tests.attribution.helpers import CPU, DRAM, INTENSITY, attributor, step, table
+from tests.attribution.helpers import CPU, DRAM, INTENSITY, SCRAPE, attributor, step, table
 from tests.fixtures.node import standard_node
 
 LAYOUTS = [("v2", "systemd", "containerd"), ("v1", "systemd", "cri-o"),
@@ -104,7 +104,7 @@ def test_a_container_that_stops_between_samples_keeps_its_last_interval(ram_path
     assert row.power_w is None  # ended: shown until exported, without a power
     assert got[("container", "", pod.uid, pod.containers["c4"][:12])] == pytest.approx(25.0)
     assert got[("container", "", pod.uid, pod.containers["c7"][:12])] == pytest.approx(25.0)
-    view.exported()
+    view.exported(SCRAPE)
     view = step(a, node, energy={CPU: 10.0})
     assert ("container", "", pod.uid, old_id) not in table(view)
     assert view.hidden["cpu"][0] == pytest.approx(150.0)

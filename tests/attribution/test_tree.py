@@ -14,9 +14,9 @@ from carbonmeter.attribution import process_tree, process_tree_share
 from carbonmeter.attribution.procfs import CLK_TCK, parse_stat
 from carbonmeter.attribution.sources import TREE, TreeSource
 from carbonmeter.carbon.intensity import Static
-from carbonmeter.probes.base import ProbeRead, Reading
 from carbonmeter.sampler import Sampler
 from tests.attribution.helpers import CPU, INTENSITY, step, table
+from tests.fakes.probe import ScriptedProbe
 from tests.fixtures.node import FakeNode
 
 # The root waits for a line, forks a child that burns 0.3 s of CPU and is waited for, waits
@@ -77,20 +77,8 @@ def test_real_tree_counts_waited_for_children_and_the_roots_last_interval():
             root.wait()
 
 
-class Counter:
-    name = "scripted"
-    covers = frozenset({"cpu"})
-    devices = (CPU,)
-
-    def __init__(self) -> None:
-        self.uj = 0
-
-    def read(self) -> ProbeRead:
-        self.uj += 50_000_000
-        return ProbeRead([Reading(CPU, counter_uj=self.uj)], [])
-
-    def close(self) -> None:
-        pass
+def counter() -> ScriptedProbe:
+    return ScriptedProbe.counting(CPU, joules=50.0)
 
 
 def test_tree_share_on_a_fixture_and_what_run_reads_back(tmp_path):
@@ -102,7 +90,7 @@ def test_tree_share_on_a_fixture_and_what_run_reads_back(tmp_path):
     node.flush()
     cfg = config.load(env={}, overrides={"paths.procfs": str(node.procfs),
                                          "attribution.idle_watts": {"cpu": 0}})
-    sampler = Sampler([Counter()], Static(INTENSITY), pue=1.0, interval=3600)
+    sampler = Sampler([counter()], Static(INTENSITY), pue=1.0, interval=3600)
     sampler.sample()  # `run` samples first, then starts the command, then attaches the tree
     sampler.attributor = a = process_tree(root, cfg, [], reaper_pid=runner)
     a.start()
@@ -132,7 +120,7 @@ def test_tree_share_on_a_fixture_and_what_run_reads_back(tmp_path):
     assert rows[("process", str(root), "python3")] == pytest.approx(70.0)
     assert rows[("other", "", "")] == pytest.approx(30.0)
     assert sum(rows.values()) == pytest.approx(snap.host_energy_j)
-    assert process_tree_share(Sampler([Counter()], Static(INTENSITY), pue=1.0,
+    assert process_tree_share(Sampler([counter()], Static(INTENSITY), pue=1.0,
                                       interval=1).sample()) is None
 
 

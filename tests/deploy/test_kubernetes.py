@@ -23,7 +23,7 @@ from tests.deploy.shipped import DEPLOY, ROOT, venv_tool
 
 KUSTOMIZE = DEPLOY / "kubernetes"
 TARGETS = ["base", "overlays/prometheus-operator", "overlays/gpu", "overlays/sidecar"]
-CLUSTER_SCOPED = {"Namespace"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 WORKLOADS = {"DaemonSet", "Deployment"}
 
 
@@ -122,11 +122,13 @@ def test_daemonset_runs_on_every_node_and_reads_the_host_read_only(rendered):
 
 def test_gpu_overlay_selects_gpu_nodes_and_shows_every_gpu(rendered):
     (_, pod), = pod_specs(rendered["overlays/gpu"])
-    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true", "kubernetes.io/os": "linux"}
     assert pod["runtimeClassName"] == "nvidia"
     c = carbonmeter_container(pod)
-    env = {e["name"]: e["value"] for e in c["env"]}
-    assert env == {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert {k: env[k] for k in ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")} == \
+        {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"}
+    assert "NODE_NAME" in env  # the base's downward-API variables survive the patch
     assert set(c["resources"]["limits"]) == {"cpu", "memory"}  # reads the GPUs, takes none
 
 

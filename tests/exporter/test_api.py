@@ -34,7 +34,7 @@ def rapl(tmp_path):
     tree = one_socket(tmp_path / "sys")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
-                   "probes: {disabled: [nvml, ram_model]}\ncarbon: {region: FR}\n")
+                   "probes: {disabled: [nvml, ram_model, platform_model]}\ncarbon: {region: FR}\n")
     return tree, cfg
 
 
@@ -199,7 +199,7 @@ def test_no_thread_when_only_non_wrapping_counters_are_read(tmp_path, monkeypatc
     gpu = FakeGpu("NVIDIA A100-SXM4-40GB", "GPU-1", power_mw=250_000, energy_counter=True)
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([gpu]))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("probes: {disabled: [rapl, cpu_model, ram_model]}\n")
+    cfg.write_text("probes: {disabled: [rapl, cpu_model, ram_model, platform_model]}\n")
     before = threading.active_count()
     with track(config=cfg) as t:
         assert threading.active_count() == before
@@ -242,7 +242,7 @@ def test_importing_exporter_loads_nothing_heavy():
 def test_a_whole_host_meter_is_the_span_total_not_added_to_its_parts():
     """The same host rule as the exporter: an IPMI/Redfish meter is the host; the parts
     inside it are a breakdown; a declared switch beside the host is added."""
-    from carbonmeter.measure.meter import DeviceUsage, Usage
+    from carbonmeter.usage import DeviceUsage, Usage
 
     i = Intensity(100.0, "X", "config", "test")
     from carbonmeter.probes.base import Device

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import typing
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carbonmeter import cli, config
-from carbonmeter.config import ConfigError
+from carbonmeter.config import ConfigError, schema
 
 SECTIONS = {name: [f.name for f in dataclasses.fields(cls)]
-            for name, cls in typing.get_type_hints(config.Config).items()
-            if name not in ("source", "given") and dataclasses.is_dataclass(cls)}
+            for name, cls in config.sections().items() if dataclasses.is_dataclass(cls)}
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=10**309)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
@@ -34,7 +32,7 @@ scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=10*
                               "x:²", "rapl", "nvml", "info", "", "0", "GPU-1", "/tmp/x"]))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(st.text(max_size=8) | st.sampled_from(
-                          config.MIX_SOURCES), inner, max_size=4), max_leaves=12)
+                          schema.MIX_SOURCES), inner, max_size=4), max_leaves=12)
 key_names = st.sampled_from(sorted({k for keys in SECTIONS.values() for k in keys}))
 section = st.dictionaries(key_names | st.text(max_size=10), values, max_size=6)
 documents = st.dictionaries(st.sampled_from(sorted(SECTIONS)) | st.text(max_size=10),

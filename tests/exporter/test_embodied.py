@@ -9,7 +9,7 @@ import pytest
 
 from carbonmeter import config, state
 from carbonmeter.carbon.intensity import Intensity, Static
-from carbonmeter.config import ConfigError, Hardware
+from carbonmeter.config import ConfigError, HardwareConfig
 from carbonmeter.embodied import Embodied, grams_per_second
 from carbonmeter.sampler import Sampler
 from carbonmeter.sinks.prometheus import Renderer
@@ -19,12 +19,12 @@ from tests.helpers import require
 
 def test_rate_is_kg_over_lifetime_in_seconds():
     # 1200 kg over 4 Julian years: 1,200,000 g / (4 x 365.25 x 86,400 s = 126,230,400 s)
-    assert grams_per_second(Hardware(1200, 4)) == pytest.approx(0.0095064, rel=1e-4)
-    assert grams_per_second(Hardware(1200, 4)) == pytest.approx(1_200_000 / 126_230_400)
+    assert grams_per_second(HardwareConfig(1200, 4)) == pytest.approx(0.0095064, rel=1e-4)
+    assert grams_per_second(HardwareConfig(1200, 4)) == pytest.approx(1_200_000 / 126_230_400)
 
 
 def test_accrues_by_elapsed_monotonic_time_only():
-    e = Embodied({"host": Hardware(1200, 4), "gpu-0": Hardware(150, 5)})
+    e = Embodied({"host": HardwareConfig(1200, 4), "gpu-0": HardwareConfig(150, 5)})
     e.advance(1000.0)  # the first sample starts the clock: nothing yet
     assert [t.grams for t in e.totals()] == [0.0, 0.0]
     e.advance(1010.0)
@@ -41,7 +41,7 @@ def test_totals_continue_through_a_restart_and_downtime_accrues_nothing(tmp_path
     configuration is not brought back; the time the exporter was down is not counted (it
     measured nothing then, as carbonmeter_unmeasured_seconds_total says for the devices)."""
     intensity = Static(Intensity(56.0, "FR", "bundled", "t"))
-    parts = {"host": Hardware(1200, 4), "gpu-0": Hardware(150, 5)}
+    parts = {"host": HardwareConfig(1200, 4), "gpu-0": HardwareConfig(150, 5)}
     old = Sampler([], intensity, pue=1.0, interval=3600, embodied=Embodied(parts))
     old.sample()
     time.sleep(0.05)
@@ -51,7 +51,7 @@ def test_totals_continue_through_a_restart_and_downtime_accrues_nothing(tmp_path
     assert store.save("boot", old.export())
     time.sleep(0.3)  # down
     new = Sampler([], intensity, pue=1.0, interval=3600,
-                  embodied=Embodied({"host": Hardware(1200, 4)}))
+                  embodied=Embodied({"host": HardwareConfig(1200, 4)}))
     new.restore(store.load(), "boot")
     assert {t.device: t.grams for t in new.latest.embodied} == {"host": saved["host"]}
     new.sample()
@@ -65,7 +65,7 @@ def test_totals_continue_through_a_restart_and_downtime_accrues_nothing(tmp_path
 def test_configured_devices_and_errors(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("embodied:\n  devices:\n    host: {kg_co2eq: 1200, lifetime_years: 4}\n")
-    assert config.load(path, env={}).embodied.devices == {"host": Hardware(1200.0, 4.0)}
+    assert config.load(path, env={}).embodied.devices == {"host": HardwareConfig(1200.0, 4.0)}
     path.write_text("embodied:\n  devices:\n    host: {kg_co2eq: 1200, lifetime_years: 0}\n")
     with pytest.raises(ConfigError, match=r"c.yaml: embodied.devices.host.lifetime_years: 0 is "
                                           r"out of range from 0.01 to 100"):
@@ -77,7 +77,7 @@ def test_configured_devices_and_errors(tmp_path):
 
 
 def test_exported_with_provider_metrics_and_promtool_clean():
-    e = Embodied({"host": Hardware(1200, 4)})
+    e = Embodied({"host": HardwareConfig(1200, 4)})
     marginal = Intensity(394.85, "CAISO_NORTH", "watttime", "test", signal="marginal")
     statuses = (ProviderStatus("watttime", True, 2, marginal, 12.5),
                 ProviderStatus("electricitymaps", False, 3, None, None, "HTTP 500"))

@@ -20,7 +20,6 @@ import pytest
 
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.regions import find_region
-from carbonmeter.measure.meter import DeviceUsage, Usage
 from carbonmeter.probes.base import Device
 from carbonmeter.sinks.emissions_log import (
     CODECARBON_COLUMNS,
@@ -30,6 +29,7 @@ from carbonmeter.sinks.emissions_log import (
     row,
     rows_for,
 )
+from carbonmeter.usage import DeviceUsage, Usage
 
 ROOT = Path(__file__).resolve().parents[2]
 FR = find_region("FR")

@@ -6,41 +6,22 @@ from __future__ import annotations
 import pytest
 
 from carbonmeter.carbon.intensity import Intensity, Static
-from carbonmeter.probes.base import BESIDE, HOST, Device, ProbeRead, Reading
-from carbonmeter.probes.declared import DeclaredProbe
+from carbonmeter.probes.base import BESIDE, HOST, Device, Reading
+from carbonmeter.probes.declared import DeclaredDevice, DeclaredProbe
 from carbonmeter.sampler import Sampler
+from tests.fakes.probe import ScriptedProbe
 
 PKG = Device("package-0", "cpu", "rapl", wrap_uj=1e12)
 SERVER = Device("server", "platform", "ipmi", scope=HOST)
 
 
-class Scripted:
-    """A probe whose next readings a test sets."""
-
-    def __init__(self, name: str, device: Device) -> None:
-        self.name, self.devices, self.covers = name, (device,), frozenset()
-        self.next: Reading | None = None
-
-    def read(self) -> ProbeRead:
-        return ProbeRead([self.next] if self.next else [], [] if self.next else ["silent"])
-
-    def close(self) -> None:
-        pass
+def scripted(name: str, device: Device) -> ScriptedProbe:
+    """A probe whose next reading each step sets; no covers (it stands down for nothing)."""
+    return ScriptedProbe([device], name=name, covers=())
 
 
-class Switch:
-    name = "declared"
-
-    def __init__(self) -> None:
-        d = type("D", (), {"id": "switch-1", "kind": "other", "watts": 45.0, "name": None})
-        self._probe = DeclaredProbe([d])
-        self.devices, self.covers = self._probe.devices, self._probe.covers
-
-    def read(self) -> ProbeRead:
-        return self._probe.read()
-
-    def close(self) -> None:
-        pass
+def switch() -> DeclaredProbe:
+    return DeclaredProbe([DeclaredDevice("switch-1", "other", 45.0)])
 
 
 NOW = [0.0]  # the sampler's clock, set by each step
@@ -54,18 +35,18 @@ def sampler(*probes) -> Sampler:
 def step(s: Sampler, monkeypatch, t: float, pkg_j: float | None, server_w: float | None,
          probes) -> None:
     cpu, meter = probes
-    cpu.next = Reading(PKG, counter_uj=round(pkg_j * 1e6)) if pkg_j is not None else None
-    meter.next = Reading(SERVER, power_w=server_w) if server_w is not None else None
+    cpu.next = [Reading(PKG, counter_uj=round(pkg_j * 1e6))] if pkg_j is not None else None
+    meter.next = [Reading(SERVER, power_w=server_w)] if server_w is not None else None
     NOW[0] = t
     s.sample()
 
 
 def test_without_a_meter_the_host_is_the_sum(monkeypatch) -> None:
-    cpu = Scripted("rapl", PKG)
-    s = sampler(cpu, Switch())
+    cpu = scripted("rapl", PKG)
+    s = sampler(cpu, switch())
     assert not s.metered
     for t, j in ((0.0, 0.0), (10.0, 600.0)):
-        cpu.next = Reading(PKG, counter_uj=round(j * 1e6))
+        cpu.next = [Reading(PKG, counter_uj=round(j * 1e6))]
         NOW[0] = t
         s.sample()
     snap = s.latest
@@ -75,8 +56,8 @@ def test_without_a_meter_the_host_is_the_sum(monkeypatch) -> None:
 
 def test_with_a_meter_the_parts_are_a_breakdown_and_declared_devices_are_added(
         monkeypatch) -> None:
-    cpu, meter = Scripted("rapl", PKG), Scripted("ipmi", SERVER)
-    s = sampler(cpu, meter, Switch())
+    cpu, meter = scripted("rapl", PKG), scripted("ipmi", SERVER)
+    s = sampler(cpu, meter, switch())
     assert s.metered
     probes = (cpu, meter)
     step(s, monkeypatch, 0.0, 0.0, 200.0, probes)
@@ -92,7 +73,7 @@ def test_with_a_meter_the_parts_are_a_breakdown_and_declared_devices_are_added(
 def test_a_silent_meter_leaves_the_host_unknown_not_summed(monkeypatch) -> None:
     """The meter fails for an interval: the parts are not summed in its place (the host
     counter would jump), and the host's power is unknown until it answers twice again."""
-    cpu, meter = Scripted("rapl", PKG), Scripted("ipmi", SERVER)
+    cpu, meter = scripted("rapl", PKG), scripted("ipmi", SERVER)
     s = sampler(cpu, meter)
     probes = (cpu, meter)
     step(s, monkeypatch, 0.0, 0.0, None, probes)  # the meter does not answer at first

@@ -22,15 +22,16 @@ from carbonmeter.config import ConfigError
 from carbonmeter.sampler import Sampler
 from carbonmeter.server import http as http_server
 from carbonmeter.server import webconfig
-from carbonmeter.sinks.prometheus import Renderer, make_server
-from tests.exporter.test_prometheus import ScriptedProbe
+from carbonmeter.server.endpoint import make_server
+from carbonmeter.sinks.prometheus import Renderer
+from tests.exporter.test_prometheus import scripted
 from tests.fixtures.certs import make_pki
 from tests.helpers import http_get
 
 
 @pytest.fixture
 def sampler():
-    s = Sampler([ScriptedProbe()], Static(Intensity(56.0, "FR", "bundled", "test")), pue=1.0,
+    s = Sampler([scripted()], Static(Intensity(56.0, "FR", "bundled", "test")), pue=1.0,
                 interval=3600)
     s.sample()
     s.sample()
@@ -43,7 +44,7 @@ def endpoint(sampler):
     servers = []
 
     def start(web: webconfig.WebConfig | None = None, latest=None):
-        server = make_server("127.0.0.1", 0, Renderer(latest or (lambda: sampler.latest)),
+        server = make_server("127.0.0.1", 0, Renderer(latest or (lambda: sampler.latest)).render,
                              lambda: True, web)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

@@ -7,72 +7,39 @@ import threading
 import time
 
 from carbonmeter.carbon.intensity import Intensity, Static
-from carbonmeter.probes.base import Device, Paths, ProbeRead, Reading
+from carbonmeter.probes.base import Device, Paths, Reading
 from carbonmeter.probes.ram_model import RamModelProbe
 from carbonmeter.probes.rapl import RaplProbe
 from carbonmeter.sampler import Sampler
-from carbonmeter.sinks.prometheus import Renderer, make_server
+from carbonmeter.server.endpoint import make_server
+from carbonmeter.sinks.prometheus import Renderer
+from tests.fakes.probe import ScriptedProbe
 from tests.fixtures.powercap import one_socket
 from tests.helpers import http_get, wait_for
 
 C = Static(Intensity(100.0, "X", "config", "test"))
 
 
-class CountingProbe:
+def counting(name: str = "good") -> ScriptedProbe:
     """A healthy counter source: 1 J per read."""
-
-    covers = frozenset({"cpu"})
-
-    def __init__(self, name: str = "good") -> None:
-        self.name = name
-        self.device = Device(f"{name}-0", "cpu", "test", wrap_uj=None)
-        self.devices = (self.device,)
-        self.counter = 0
-
-    def read(self) -> ProbeRead:
-        self.counter += 1_000_000
-        return ProbeRead([Reading(self.device, counter_uj=self.counter)], [])
-
-    def close(self) -> None:
-        pass
+    return ScriptedProbe.counting(Device(f"{name}-0", "cpu", "test"), name=name)
 
 
-class HangingProbe(CountingProbe):
-    """Reads like a GPU driver call that stops returning once `hang` is set."""
+def flaky(fail_every: int = 2) -> ScriptedProbe:
+    """Raises on every `fail_every`-th read, as a device on a bad link does; its counter
+    counts 1 J per good read. `probe.fail_every = 0` repairs it."""
+    device = Device("flaky-0", "cpu", "test")
+    good = [0]
 
-    def __init__(self) -> None:
-        super().__init__("stuck")
-        self.hang = threading.Event()
-        self.release = threading.Event()
-        self.started = 0
-        self.active = 0
-        self.max_active = 0
+    def script(n: int) -> list[Reading]:
+        if probe.fail_every and n % probe.fail_every == 0:
+            raise OSError(f"read {n} failed")
+        good[0] += 1
+        return [Reading(device, counter_uj=good[0] * 1_000_000)]
 
-    def read(self) -> ProbeRead:
-        self.started += 1
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
-        try:
-            if self.hang.is_set():
-                self.release.wait()
-            return super().read()
-        finally:
-            self.active -= 1
-
-
-class FlakyProbe(CountingProbe):
-    """Raises on every other read, as a device on a bad link does."""
-
-    def __init__(self, fail_every: int = 2) -> None:
-        super().__init__("flaky")
-        self.reads = 0
-        self.fail_every = fail_every
-
-    def read(self) -> ProbeRead:
-        self.reads += 1
-        if self.fail_every and self.reads % self.fail_every == 0:
-            raise OSError(f"read {self.reads} failed")
-        return super().read()
+    probe = ScriptedProbe([device], name="flaky", script=script)
+    probe.fail_every = fail_every  # type: ignore[attr-defined]
+    return probe
 
 
 def status(s: Sampler, name: str):
@@ -84,7 +51,7 @@ def energy(s: Sampler, device: str) -> float:
 
 
 def serve(s: Sampler):
-    server = make_server("127.0.0.1", 0, Renderer(lambda: s.latest), s.alive)
+    server = make_server("127.0.0.1", 0, Renderer(lambda: s.latest).render, s.alive)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -97,7 +64,7 @@ def timed_scrape(base: str) -> tuple[float, str]:
 
 
 def test_hung_probe_delays_neither_the_others_nor_a_scrape():
-    stuck, good = HangingProbe(), CountingProbe()
+    stuck, good = counting("stuck"), counting()
     s = Sampler([stuck, good], C, pue=1.0, interval=0.1, probe_timeout=0.2)
     server, base = serve(s)
     s.start()
@@ -107,7 +74,7 @@ def test_hung_probe_delays_neither_the_others_nor_a_scrape():
         threads = threading.active_count()
         stuck.hang.set()
         wait_for(lambda: not status(s, "stuck").up, what="the stuck probe marked down")
-        started = stuck.started
+        started = stuck.reads
         good_before, seq_before, t0 = energy(s, "good-0"), s.latest.seq, time.monotonic()
         latencies = []
         while time.monotonic() - t0 < 2.0:
@@ -122,7 +89,7 @@ def test_hung_probe_delays_neither_the_others_nor_a_scrape():
         assert s.latest.seq - seq_before >= elapsed * 10 * 0.5
         assert energy(s, "good-0") - good_before >= elapsed * 10 * 0.5
         # the stuck read was abandoned once, never started again, no threads piled up
-        assert stuck.started == started and stuck.max_active == 1
+        assert stuck.reads == started and stuck.max_active == 1
         assert threading.active_count() <= threads + 1
         st = status(s, "stuck")
         assert st.errors_total == 1 and "did not return within 0.1 s" in st.last_error
@@ -135,7 +102,7 @@ def test_hung_probe_delays_neither_the_others_nor_a_scrape():
         stuck.release.set()
         server.shutdown()
         server.server_close()
-        s.stop()
+        s.close()
 
 
 class StepClock:
@@ -147,9 +114,9 @@ class StepClock:
 
 
 def test_probe_failing_every_other_read_is_counted_and_up_follows_it():
-    flaky, good = FlakyProbe(), CountingProbe()
+    flaky_probe, good = flaky(), counting()
     clock = StepClock()
-    s = Sampler([flaky, good], C, pue=1.0, interval=1.0, clock=clock)
+    s = Sampler([flaky_probe, good], C, pue=1.0, interval=1.0, clock=clock)
     ups = []
     for _ in range(20):
         s.sample()
@@ -157,13 +124,13 @@ def test_probe_failing_every_other_read_is_counted_and_up_follows_it():
         clock.t += 1.0
     assert ups == [True, False] * 10  # down while failing, up again on the next good read
     assert status(s, "flaky").errors_total == 10
-    assert flaky.reads == 20  # one failure in a row: retried on the next sample
+    assert flaky_probe.reads == 20  # one failure in a row: retried on the next sample
     assert energy(s, "good-0") == 19.0  # the other probe never missed a sample
     assert energy(s, "flaky-0") == 9.0  # the flaky counter is exact across its failures
 
 
 def test_failing_probe_backs_off_and_recovers():
-    broken, good = FlakyProbe(fail_every=1), CountingProbe()
+    broken, good = flaky(fail_every=1), counting()
     clock = StepClock()
     s = Sampler([broken, good], C, pue=1.0, interval=1.0, clock=clock)
     read_at = []
@@ -209,7 +176,7 @@ def test_vanishing_rapl_zone_while_scrapes_go_on(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-        s.stop()
+        s.close()
 
 
 def test_sampling_loop_stays_cheap_at_10_hz(tmp_path):
@@ -217,7 +184,7 @@ def test_sampling_loop_stays_cheap_at_10_hz(tmp_path):
     5% of a core at 10 Hz with three probes (measured: about 0.5%, see README)."""
     tree = one_socket(tmp_path / "sys")
     probes = [RaplProbe(Paths(sysfs=tree.root)), RamModelProbe(Paths(), watts_per_gb=1),
-              CountingProbe()]
+              counting()]
     s = Sampler(probes, C, pue=1.0, interval=0.1)
     s.start()
     try:
@@ -226,7 +193,7 @@ def test_sampling_loop_stays_cheap_at_10_hz(tmp_path):
         time.sleep(3)
         r1, w1, n1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), s.latest.seq
     finally:
-        s.stop()
+        s.close()
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     assert n1 - n0 >= 20
     assert cpu / (w1 - w0) < 0.05, f"{cpu:.3f} s CPU in {w1 - w0:.1f} s"

@@ -12,7 +12,7 @@ from carbonmeter import config
 from carbonmeter.config import ConfigError
 
 
-def otlp(text: str = "", tmp_path=None, **env: str) -> config.Otlp:
+def otlp(text: str = "", tmp_path=None, **env: str) -> config.OtlpConfig:
     path = None
     if text:
         path = tmp_path / "c.yaml"

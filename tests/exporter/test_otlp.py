@@ -58,6 +58,7 @@ def serve_with_otlp(tmp: Path, receiver: Receiver, extra: str = "", *,
         FakeGpu("NVIDIA A100-SXM4-40GB", GPU_UUID, power_mw=0, energy_counter=True)])
     proc, target = start_serve(tmp, f"""
 paths: {{sysfs: {tmp / 'sys'}}}
+probes: {{disabled: [platform_model]}}
 carbon: {{region: FR, pue: 1.2}}
 otlp:
   endpoint: {receiver.endpoint}
@@ -244,12 +245,13 @@ def test_opentelemetry_is_imported_only_when_otlp_is_on(tmp_path):
     def imported(env: dict[str, str]) -> str:
         out = subprocess.run(
             [sys.executable, "-X", "importtime", "-c",
-             "from carbonmeter import cli, config, sampler\n"
-             "from carbonmeter.carbon.resolve import resolve\n"
-             "cfg = config.load()\n"
-             "s = sampler.Sampler([], resolve(cfg.carbon), pue=1, interval=1)\n"
-             "for sink in cli._start_sinks(cfg, lambda: s.latest): sink.close()\n"],
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env},
+             "from carbonmeter import app, config\n"
+             "a = app.build(config.load())\n"
+             "a.start()\n"
+             "a.stop()\n"],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                 "CARBONMETER_SERVER_LISTEN": "127.0.0.1:0", "CARBONMETER_STATE_PATH": "",
+                 "CARBONMETER_SAMPLER_INTERVAL_SECONDS": "0.1", **env},
             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stderr
@@ -291,10 +293,12 @@ def test_delta_temporality_sends_increases_that_add_up_to_the_total():
     with Receiver("http/protobuf") as receiver:
         sink = OtlpSink(otlp_config(receiver.endpoint, "http/protobuf", temporality="delta"),
                         lambda: current[0])
+        sink.start()
         for seq, joules in ((2, 250.0), (3, 250.0), (4, 1000.0)):
             sink.reader.collect()
             current[0] = snapshot(seq, joules)
-        assert sink.close()  # the final export: 1000
+        sink.close()  # the final export: 1000
+        assert sink.delivered
     energy = [p for r in receiver.requests() for p in r.points() if p.metric == "hw.energy"]
     assert [p.temporality for p in energy] == [DELTA] * 4
     assert [p.value for p in energy] == [100.0, 150.0, 0.0, 750.0]
@@ -312,12 +316,16 @@ def test_tls_with_a_private_ca(tmp_path, protocol, caplog):
         assert receiver.endpoint.startswith("https://")
         sink = OtlpSink(otlp_config(receiver.endpoint, protocol, certificate=cert),
                         lambda: snapshot(1, 5.0))
-        assert sink.close()
+        sink.start()
+        sink.close()
+        assert sink.delivered
         assert receiver.last("hw.energy").value == 5.0
 
         with caplog.at_level(logging.WARNING, logger="carbonmeter.sinks.otlp"):
             sink = OtlpSink(otlp_config(receiver.endpoint, protocol), lambda: snapshot(1, 5.0))
-            assert not sink.close()
+            sink.start()
+            sink.close()
+            assert not sink.delivered
         assert len(receiver.requests()) == 1
     failing = [r.getMessage() for r in caplog.records if "failing" in r.getMessage()]
     assert len(failing) == 1, caplog.text
@@ -334,12 +342,14 @@ def test_workloads_and_embodied_carbon_go_over_otlp_too():
     rows = (WorkloadRow("pod", ("shop", "cart-7d9f"), "cpu", 120.0, 0.0018, 4.5),
             WorkloadRow("unattributed", ("", ""), "cpu", 30.0, 0.00045, None))
     view = AttributionView("pod", "node", ("namespace", "pod"), rows, (), {}, 12, 0.001,
-                           "test", ack=acked.append)
+                           "test", ack=lambda reader, n: acked.append((reader, n)))
     snap = replace(snapshot(1, 150.0), attribution=view,
                    embodied=(EmbodiedTotal("host", 2.5),))
     with Receiver("http/protobuf") as receiver:
         sink = OtlpSink(otlp_config(receiver.endpoint, "http/protobuf"), lambda: snap)
-        assert sink.close()
+        sink.start()
+        sink.close()
+        assert sink.delivered
     points = {(p.metric, p.attributes.get("k8s.pod.name", p.attributes.get(
         "carbonmeter.workload", p.attributes.get("carbonmeter.device")))): p
         for r in receiver.requests() for p in r.points()}
@@ -352,4 +362,4 @@ def test_workloads_and_embodied_carbon_go_over_otlp_too():
     assert ("carbonmeter.workload.power", "unattributed") not in points  # ended: no power
     assert points["carbonmeter.workload.emissions", "cart-7d9f"].value == pytest.approx(0.0018)
     assert points["carbonmeter.embodied_emissions", "host"].value == 2.5
-    assert acked == [12]  # the rows were exported: ended workloads may be dropped
+    assert acked == [("otlp", 12)]  # exported under its cursor: ended ones may be dropped

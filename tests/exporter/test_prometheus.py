@@ -10,40 +10,26 @@ import time
 import pytest
 
 from carbonmeter.carbon.intensity import Intensity, Static
-from carbonmeter.probes.base import Device, ProbeRead, Reading
+from carbonmeter.probes.base import Device, Reading
 from carbonmeter.sampler import Sampler
-from carbonmeter.sinks.prometheus import Renderer, make_server
+from carbonmeter.server.endpoint import make_server
+from carbonmeter.sinks.prometheus import Renderer
+from tests.fakes.probe import ScriptedProbe
 from tests.helpers import http_get, require
 
 PKG = Device("package-0", "cpu", "rapl", wrap_uj=1e12)
 GPU = Device("gpu-0", "gpu", "nvml")
 
 
-class ScriptedProbe:
-    """A probe whose readings a test dictates; raises when told to."""
-
-    name = "scripted"
-    covers = frozenset({"cpu", "gpu"})
-    devices = (PKG, GPU)
-
-    def __init__(self) -> None:
-        self.counter = 0
-        self.fail = False
-
-    def read(self) -> ProbeRead:
-        if self.fail:
-            raise OSError("device fell off the bus")
-        self.counter += 2_000_000  # 2 J per read
-        return ProbeRead([Reading(PKG, counter_uj=self.counter), Reading(GPU, power_w=50.0)],
-                         [])
-
-    def close(self) -> None:
-        pass
+def scripted() -> ScriptedProbe:
+    """A package counter (2 J per read) and a GPU at 50 W; `fail` makes it raise."""
+    return ScriptedProbe([PKG, GPU], script=lambda n: [
+        Reading(PKG, counter_uj=2_000_000 * n), Reading(GPU, power_w=50.0)])
 
 
 @pytest.fixture
 def sampler():
-    s = Sampler([ScriptedProbe()], Static(Intensity(56.0, "FR", "bundled", "test")), pue=1.5,
+    s = Sampler([scripted()], Static(Intensity(56.0, "FR", "bundled", "test")), pue=1.5,
                 interval=3600)
     s.sample()
     time.sleep(0.01)
@@ -94,7 +80,7 @@ def test_openmetrics_negotiation_and_gzip(sampler):
 
 def test_failing_probe_is_counted_and_down(sampler):
     probe = sampler.probes[0]
-    probe.fail = True
+    probe.fail = OSError("device fell off the bus")
     sampler.sample()
     status = sampler.latest.probes[0]
     assert not status.up and status.errors_total == 1 and "fell off the bus" in status.last_error
@@ -102,7 +88,7 @@ def test_failing_probe_is_counted_and_down(sampler):
     assert {d.device.id: d.power_w for d in sampler.latest.devices} == {"package-0": None,
                                                                           "gpu-0": None}
     assert sampler.latest.host_energy_j >= 2.0
-    probe.fail = False
+    probe.fail = None
     sampler.sample()
     assert sampler.latest.probes[0].up
 
@@ -110,7 +96,7 @@ def test_failing_probe_is_counted_and_down(sampler):
 def test_http_endpoints(sampler):
     alive = threading.Event()
     alive.set()
-    server = make_server("127.0.0.1", 0, Renderer(lambda: sampler.latest), alive.is_set)
+    server = make_server("127.0.0.1", 0, Renderer(lambda: sampler.latest).render, alive.is_set)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:

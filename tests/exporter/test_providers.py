@@ -23,7 +23,8 @@ from carbonmeter.carbon.providers.live import LiveSource, Poller
 from carbonmeter.carbon.providers.watttime import WattTime
 from carbonmeter.config import ConfigError
 from carbonmeter.sampler import Sampler
-from carbonmeter.sinks.prometheus import Renderer, make_server
+from carbonmeter.server.endpoint import make_server
+from carbonmeter.sinks.prometheus import Renderer
 from tests.fakes.grid_apis import EM_TOKEN, WT_PASSWORD, WT_USER, GridApis, Reply
 from tests.helpers import free_port, http_get, wait_for
 
@@ -120,7 +121,7 @@ def test_watttime_logs_in_converts_moer_and_labels_it_marginal(apis):
 
 def test_watttime_logs_in_again_when_the_token_expires(apis):
     now = [0.0]
-    wt = WattTime(config.Provider(type="watttime", zone="CAISO_NORTH", username=WT_USER,
+    wt = WattTime(config.ProviderConfig(type="watttime", zone="CAISO_NORTH", username=WT_USER,
                                   url=apis.url, secret_env="CM_TEST_WT_PASSWORD"),
                   "watttime", providers.http.Secret("t", "CM_TEST_WT_PASSWORD", None),
                   clock=lambda: now[0])
@@ -326,7 +327,7 @@ def test_the_thread_waits_retry_after_before_asking_again(apis):
         assert second.at - first.at >= 1.0
         wait_for(lambda: p.status().up, timeout=5, what="recovery")
     finally:
-        p.stop()
+        p.close(timeout=0)
 
 
 # --- fallback and never waiting --------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_a_scrape_during_a_hung_provider_returns_at_once(apis):
     p.fetcher.timeout = 30
     live = LiveSource([p], FALLBACK)
     sampler = Sampler([], live, pue=1.0, interval=3600, providers=live.statuses)
-    server = make_server("127.0.0.1", free_port(), Renderer(lambda: sampler.latest),
+    server = make_server("127.0.0.1", free_port(), Renderer(lambda: sampler.latest).render,
                          lambda: True)
     import threading
 

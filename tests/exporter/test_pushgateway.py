@@ -34,7 +34,7 @@ def snapshot(*totals: tuple[Device, float]) -> Snapshot:
                     1.0, (ProbeStatus("rapl", True, 0),))
 
 
-def section(tmp: Path, url: str, **keys: object) -> config.Pushgateway:
+def section(tmp: Path, url: str, **keys: object) -> config.PushgatewayConfig:
     lines = "".join(f"  {k}: {v}\n" for k, v in keys.items())
     path = tmp / f"pg-{time.monotonic_ns()}.yaml"
     path.write_text(f"pushgateway:\n  url: {url}\n  timeout_seconds: 5\n{lines}")

@@ -26,16 +26,19 @@ def resolve(**overrides):
     (" France ", "FR", "country", 56.0),
     ("CA", "CA", "country", 170.0),  # Canada, not California
     ("Georgia", "GE", "country", 167.6),  # the country wins the name; the state is US-GA
-    ("US-GA", "US-GA", "state", 454.4),
-    ("US-CA", "US-CA", "state", 205.3),  # 452.541 lb/MWh x 0.45359237
-    ("us-ca", "US-CA", "state", 205.3),
-    ("California", "US-CA", "state", 205.3),
-    ("district of columbia", "US-DC", "state", 218.5),
+    ("US-GA", "US-GA", "state", 325.4),
+    ("US-CA", "US-CA", "state", 179.1),  # eGRID2023 394.769 lb CO2e/MWh x 0.45359237
+    ("us-ca", "US-CA", "state", 179.1),
+    ("California", "US-CA", "state", 179.1),
+    ("US-TX", "US-TX", "state", 349.8),  # 771.179 lb/MWh
+    ("district of columbia", "US-DC", "state", 179.2),
     ("CA-QC", "CA-QC", "province", 31.2),  # mix x lifecycle factors, see test_tables
     ("Quebec", "CA-QC", "province", 31.2),
     ("ca-bc", "CA-BC", "province", 60.7),
-    ("SE3", "SE3", "zone", 18.0),
-    ("no4", "NO4", "zone", 18.0),
+    ("CN-SC", "CN-SC", "province", 156.4),  # MEE/NBS 2023, gCO2/kWh
+    ("Inner Mongolia", "CN-NM", "province", 647.9),
+    ("SE3", "SE3", "zone", 27.0),  # ENTSO-E 2025
+    ("no4", "NO4", "zone", 51.7),
     ("FI", "FI", "country", 79.2),  # Finland's single bidding zone is the country
 ])
 def test_grid_region_lookup(name, code, kind, g):
@@ -50,7 +53,8 @@ def test_region_rows_keep_their_fields_and_mix():
     assert (qc.alpha3, qc.provider, qc.year) == ("", "", 2023)
     assert qc.mix["hydro"] == pytest.approx(0.9209) and "total_twh" not in qc.mix
     assert "Canada Energy Regulator" in qc.source
-    assert "CO2 only" in find_region("US-CA").source
+    assert "CO2-equivalent" in find_region("US-CA").source
+    assert "CO2 only" in find_region("CN-SC").source
 
 
 @pytest.mark.parametrize(("provider", "region", "code", "g", "year"), [
@@ -80,7 +84,7 @@ def test_unknown_names_say_what_exists():
     with pytest.raises(ConfigError, match=r"unknown aws region 'eu-west-4'; close matches: "
                                           r"eu-west-3, eu-west-2, eu-west-1.*--provider aws"):
         find_cloud("aws", "eu-west-4")
-    with pytest.raises(ConfigError, match=r"US-CA or CA-QC.*SE3"):
+    with pytest.raises(ConfigError, match=r"US-CA, CA-QC or CN-SC.*SE3"):
         find_region("Atlantis")
 
 
@@ -147,6 +151,6 @@ def test_regions_command_lists_intensity_source_and_year():
     codes = [line.split()[1] for line in out.stdout.splitlines()[1:]]
     assert codes == ["eu-west-3", "francecentral", "europe-west9"]
     out = run()
-    assert len(out.stdout.splitlines()) == 1 + 431
+    assert len(out.stdout.splitlines()) == 1 + 461
     out = run("--search", "atlantis")
     assert out.returncode == 1 and "no region matches" in out.stderr

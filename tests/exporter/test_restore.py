@@ -72,7 +72,7 @@ def restart(old: Sampler, probes: list, clock: Clock, tmp_path: Path, *,
     """Checkpoint `old` to a real state file, stop it, let `downtime` pass, start anew."""
     store = state.Store(tmp_path / "state.json")
     assert store.save(BOOT, old.export())
-    old.stop()
+    old.close()
     clock.t += downtime
     new = Sampler(probes, C, pue=1.0, interval=1.0, clock=clock)
     new.restore(store.load(), boot)
@@ -144,7 +144,7 @@ def test_after_a_reboot_counters_are_not_trusted_and_the_gap_is_wall_clock(tmp_p
     for d in checkpoint["devices"]:  # the checkpoint was taken an hour ago, by wall clock
         d["wall"] -= 3600
     store.save(BOOT, checkpoint)
-    s.stop()
+    s.close()
     tree.advance("intel-rapl:0", 100)
     clock.t = 12.0  # a new boot: the boot-time clock starts again
     s = Sampler([RaplProbe(Paths(sysfs=tree.root)), RamModelProbe(Paths(), watts_per_gb=1)],
@@ -247,4 +247,4 @@ def test_wall_clock_jumps_create_no_energy(monkeypatch):
     assert 0 < energy(s)["ram"] <= watts * elapsed
     assert energy(s)["ram"] == pytest.approx(watts * elapsed, rel=0.5)
     assert unmeasured(s) == {"ram": 0.0}
-    s.stop()
+    s.close()

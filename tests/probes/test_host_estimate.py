@@ -154,8 +154,23 @@ def test_generation_from_family_and_model(family: int, model: int,
     ("Intel Xeon Platinum 8380HL", "intel-cascadelake"),  # Cooper Lake
     ("Intel(R) Xeon(R) Platinum 8592+", "intel-emeraldrapids"),
     ("Intel(R) Xeon(R) 6980P", "intel-graniterapids"),
+    ("Intel Xeon 8480+", "intel-sapphirerapids"),  # the tier word left out
     ("Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz", None),  # not a Xeon Scalable number
     ("Intel(R) Xeon(R) 6780E", None),  # Sierra Forest
 ])
 def test_generation_from_the_vendors_model_numbers(name: str, generation: str | None) -> None:
     assert generation_from_number(name) == generation
+
+
+def test_the_readme_examples() -> None:
+    def shown(parts: dict[str, float], digits: int) -> dict[str, float]:
+        return {k: round(v, digits) for k, v in parts.items()}
+
+    bare = dict(sockets=2, threads=256, memory_gb=512)
+    assert shown(estimate_host_watts("AMD EPYC 7763 64-Core Processor", load=1.0, **bare),
+                 1) == {"cpu": 470.4, "ram": 51.2, "platform": 40.0}
+    assert shown(estimate_host_watts("AMD EPYC 7763 64-Core Processor", load=0.0, **bare),
+                 1) == {"cpu": 62.2, "ram": 51.2, "platform": 20.0}
+    guest = estimate_host_watts("AMD EPYC", sockets=1, threads=2, memory_gb=8, load=1.0,
+                                virtual=True, cpu_family=26, cpu_model=2)
+    assert shown(guest, 2) == {"cpu": 3.24, "ram": 0.8, "platform": 0.31}

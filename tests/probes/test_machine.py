@@ -231,3 +231,24 @@ def test_instance_types_as_users_write_them(given: str, provider: str | None,
                                             expected: tuple[str, int] | None) -> None:
     found = lookup_instance(given, provider)
     assert (None if found is None else (found.provider, found.vcpus)) == expected
+
+
+def test_the_readme_shows_what_probes_prints_for_a_kvm_guest(tmp_path: Path) -> None:
+    """The README's `carbonmeter probes` example is this fixture's output, line for line."""
+    import re
+    import subprocess
+    import sys
+
+    paths = host(tmp_path, name="AMD EPYC", vendor="AuthenticAMD", family=26, model=2,
+                 threads=2, mem_kb=8 * 2**20,
+                 dmi={"sys_vendor": "QEMU", "product_name": "Standard PC (Q35 + ICH9, 2009)"})
+    (paths.procfs / "stat").write_text("cpu  100 0 100 10000 0 0 0 0 0 0\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"paths: {{sysfs: {paths.sysfs}, procfs: {paths.procfs}}}\n")
+    out = subprocess.run([sys.executable, "-m", "carbonmeter", "probes", "--config", str(cfg)],
+                         capture_output=True, text=True, check=True).stdout
+    block = re.search(r"^cpu_model .*?(?=^ram_model)", out, re.S | re.M).group(0)
+    block = block.replace(str(paths.procfs), "/proc")
+    readme = (CONFIG.parent / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"```\n(cpu_model .*?)```", readme, re.S).group(1)
+    assert block == shown

@@ -131,6 +131,28 @@ def test_shared_parts_and_error_bars() -> None:
     assert model.errors["guest_default"][1] > model.errors["guest"][1]
 
 
+def test_the_readme_figures_are_the_bundled_ones() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**The figures**"):readme.index("They are fitted by")]
+    model = bundled_model()
+    names = {"Rome": "amd-epyc-gen2", "Milan": "amd-epyc-gen3", "Skylake-SP":
+             "intel-skylake-server", "Cascade Lake": "intel-cascadelake", "Ice Lake":
+             "intel-icelake", "no known generation": "*"}
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "→" in line]
+    assert len(rows) == len(names)
+    for line in rows:
+        (generation,) = [g for k, g in names.items() if k in line]
+        f = model.figures(None if generation == "*" else generation)
+        numbers = [float(x) for x in re.findall(r"\d+\.\d+", line)]
+        assert numbers == [f.tdp_idle, f.tdp_full, f.thread_idle_w, f.thread_full_w,
+                           f.platform_thread_idle_w, f.platform_thread_full_w], line
+        assert f"| {f.servers} |" in line, line
+    assert "sockets × 10 W idle to 20 W at full load" in readme
+    assert (model.platform_idle_w, model.platform_full_w) == (10.0, 20.0)
+
+
 # --- cloud_instances.csv -------------------------------------------------------------------------
 
 
@@ -196,6 +218,13 @@ def test_a_fitted_share_is_the_median_the_method_describes() -> None:
             shares.append(rest / (tdp * r["chips"]))
     assert len(shares) == model.generations["amd-epyc-gen2"].servers == 36
     assert round(statistics.median(shares), 3) == model.generations["amd-epyc-gen2"].tdp_full
+
+
+@needs_data
+def test_three_watts_per_8_gb_exceeds_the_idle_power_of_servers_since_2015() -> None:
+    recent = [r for r in _specpower() if r["published"].year >= 2015]
+    over = [r for r in recent if 3 / 8 * r["memory_gb"] > r["idle"]]
+    assert (len(over), len(recent)) == (156, 395)  # 40 %: the README and default.yaml
 
 
 @needs_data

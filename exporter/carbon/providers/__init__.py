@@ -23,7 +23,7 @@ DEFAULT_REFRESH = {
 }
 
 
-def make(cfg: config.Provider, where: str) -> Fetcher:
+def make(cfg: config.ProviderConfig, where: str) -> Fetcher:
     name = cfg.name or cfg.type
     key = secret(where, cfg.secret_env, cfg.secret_file)
     if cfg.type == "electricitymaps":
@@ -49,7 +49,7 @@ def make(cfg: config.Provider, where: str) -> Fetcher:
     return FileProvider(cfg, name, where)
 
 
-def build(cfgs: list[config.Provider], origin: str) -> list[Poller]:
+def build(cfgs: list[config.ProviderConfig], origin: str) -> list[Poller]:
     """One poller per configured provider; ConfigError for a missing secret or bad path."""
     return [Poller(make(c, f"{origin}: carbon.providers[{i}]"),
                    refresh=c.refresh_seconds or DEFAULT_REFRESH[c.type],
@@ -57,7 +57,7 @@ def build(cfgs: list[config.Provider], origin: str) -> list[Poller]:
             for i, c in enumerate(cfgs)]
 
 
-def start(cfgs: list[config.Provider], origin: str, fallback: IntensitySource) -> LiveSource:
+def start(cfgs: list[config.ProviderConfig], origin: str, fallback: IntensitySource) -> LiveSource:
     live = LiveSource(build(cfgs, origin), fallback)
     live.start()
     return live

@@ -20,7 +20,7 @@ BASE = "https://api.carbonintensity.org.uk"
 
 
 class CarbonIntensityUK:
-    def __init__(self, cfg: config.Provider, name: str) -> None:
+    def __init__(self, cfg: config.ProviderConfig, name: str) -> None:
         self.name = name
         self.timeout = cfg.timeout_seconds
         base = (cfg.url or BASE).rstrip("/")

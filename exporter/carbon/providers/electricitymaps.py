@@ -17,7 +17,7 @@ BASE = "https://api.electricitymaps.com"
 
 
 class ElectricityMaps:
-    def __init__(self, cfg: config.Provider, name: str, token: Secret) -> None:
+    def __init__(self, cfg: config.ProviderConfig, name: str, token: Secret) -> None:
         assert cfg.zone is not None
         self.name = name
         self.zone = cfg.zone

@@ -21,7 +21,7 @@ from carbonmeter.units import to_g_per_kwh
 
 
 class FileProvider:
-    def __init__(self, cfg: config.Provider, name: str, where: str) -> None:
+    def __init__(self, cfg: config.ProviderConfig, name: str, where: str) -> None:
         assert cfg.path is not None and cfg.unit is not None
         try:
             self.steps = parse_path(cfg.json_path) if cfg.json_path else None

@@ -25,7 +25,7 @@ PLACEHOLDER = "${secret}"
 
 
 class HttpJson:
-    def __init__(self, cfg: config.Provider, name: str, secret: Secret | None,
+    def __init__(self, cfg: config.ProviderConfig, name: str, secret: Secret | None,
                  where: str) -> None:
         assert cfg.url is not None and cfg.json_path is not None and cfg.unit is not None
         if not cfg.url.startswith(("http://", "https://")):

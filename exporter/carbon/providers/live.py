@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Protocol
 
 from carbonmeter.carbon.intensity import Intensity, IntensitySource
 from carbonmeter.carbon.providers.http import Fetched, ProviderError, RetryLater
+from carbonmeter.periodic import Periodic
 from carbonmeter.snapshot import ProviderStatus
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,14 @@ class _Good:
     age0: float  # how old the value was when fetched
 
 
-class Poller:
-    """Fetches one provider every `refresh` seconds; after a failure, retries with
-    exponential backoff and jitter (never sooner than a 429's Retry-After)."""
+class Poller(Periodic):
+    """Fetches one provider every `refresh` seconds, the first at once; after a failure,
+    retries with exponential backoff and jitter (never sooner than a 429's Retry-After)."""
 
     def __init__(self, fetcher: Fetcher, *, refresh: float, staleness: float,
                  clock: Callable[[], float] = time.monotonic,
                  jitter: Callable[[], float] = random.random) -> None:
+        super().__init__(f"intensity-{fetcher.name}", refresh, first=0.0)
         self.fetcher = fetcher
         self.name = fetcher.name
         self.refresh = refresh
@@ -56,8 +57,6 @@ class Poller:
         self._errors = 0
         self._failures = 0  # in a row
         self._last_error = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def age(self) -> float | None:
         g = self._good
@@ -105,22 +104,17 @@ class Poller:
         delay *= 0.5 + self.jitter() / 2  # "equal jitter": spread retries, keep a floor
         return max(delay, retry_after or 0.0)
 
-    def run(self) -> None:
-        while not self._stop.is_set():
-            self._stop.wait(self.poll_once())
+    def tick(self) -> float:
+        return self.poll_once()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"intensity-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ask the thread to end; a fetch in flight ends by its own timeout (daemon)."""
-        self._stop.set()
-
+    def final(self) -> None:
+        """Nothing to send at the end; a fetch in flight ends by its own timeout (the
+        thread is a daemon, so close(timeout=0) does not wait for it)."""
 
 class LiveSource:
     """IntensitySource: the first provider with a fresh value, else `fallback`."""
+
+    name = "intensity providers"
 
     def __init__(self, pollers: list[Poller], fallback: IntensitySource) -> None:
         self.pollers = pollers
@@ -157,4 +151,4 @@ class LiveSource:
 
     def close(self) -> None:
         for p in self.pollers:
-            p.stop()
+            p.close(timeout=0)

@@ -36,7 +36,7 @@ UNITS = {"lbs_co2_per_mwh": "lb_per_mwh", "kg_co2_per_mwh": "kg_per_mwh",
 
 
 class WattTime:
-    def __init__(self, cfg: config.Provider, name: str, password: Secret,
+    def __init__(self, cfg: config.ProviderConfig, name: str, password: Secret,
                  clock: Callable[[], float] = time.monotonic) -> None:
         assert cfg.zone is not None and cfg.username is not None
         self.name = name
