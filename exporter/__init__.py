@@ -9,18 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 _API = ("track", "track_emissions", "EmissionsTracker", "OfflineEmissionsTracker", "Tracker",
-        "Usage")
+        "Usage", "EmissionsData", "LoggerOutput", "OutputMethod")
 __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        try:
-            from importlib.metadata import version
+        from carbonmeter.version import version
 
-            value = version("carbonmeter")
-        except Exception:  # running from a checkout that was never installed
-            value = "0.0.0+unknown"
+        value = version()
         globals()[name] = value
         return value
     if name in _API:

@@ -99,6 +99,41 @@ def web_config(cfg: Config) -> WebConfig | None:
         raise cfg.error(ConfigError(f"server.web_config_file: {e}")) from None
 
 
+def check(cfg: Config) -> None:
+    """What serve refuses before it starts, beyond the file's own keys: an unknown region, a
+    provider's missing secret or bad json_path, an unusable web configuration."""
+    intensity_source(cfg)
+    if cfg.carbon.providers:
+        from carbonmeter.carbon import providers
+
+        providers.build(cfg.carbon.providers, cfg.source)
+    web_config(cfg)
+
+
+def describe(cfg: Config) -> str:
+    """`carbonmeter probes`: each probe, running or why not, its devices and how it measures;
+    then the intensity and PUE in use."""
+    probes, reports = discover(cfg)
+    for p in probes:
+        p.close()
+    width = max(len(r.name) for r in reports)
+    out = []
+    for r in reports:
+        out.append(f"{r.name:<{width}}  {'available' if r.available else 'not used'}")
+        out.extend(f"{'':<{width}}    {line}"
+                   for line in (*r.devices, *(r.notes or ((r.reason,) if r.reason else ()))))
+    i = intensity_source(cfg).current()
+    where = ("no carbon.region set: world average" if i.provider == "default"
+             else f"region {i.region}")
+    out.append(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
+               f"PUE {cfg.carbon.pue:g}")
+    if cfg.carbon.providers:
+        names = ", ".join(p.name or p.type for p in cfg.carbon.providers)
+        out.append(f"live providers: {names}; `serve` asks them, and uses the intensity above "
+                   "when none has a fresh value")
+    return "\n".join(out) + "\n"
+
+
 def build(cfg: Config) -> App:
     """Every part of the exporter, wired, restored from the state file; nothing started.
     Raises ConfigError (exit 2) or OSError (the port: exit 1)."""

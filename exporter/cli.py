@@ -64,53 +64,22 @@ def report(args: argparse.Namespace) -> int:
 
 
 def probes(args: argparse.Namespace) -> int:
-    from carbonmeter.app import intensity_source
-    from carbonmeter.discovery import discover
+    from carbonmeter.app import describe
 
     cfg = _load(args)
     _setup_logging("error")
-    found, reports = discover(cfg)
-    width = max(len(r.name) for r in reports)
-    for r in reports:
-        state = "available" if r.available else "not used"
-        print(f"{r.name:<{width}}  {state}")
-        for d in r.devices:
-            print(f"{'':<{width}}    {d}")
-        for line in r.notes or ((r.reason,) if r.reason else ()):
-            print(f"{'':<{width}}    {line}")
-    for p in found:
-        p.close()
-    i = intensity_source(cfg).current()
-    where = ("no carbon.region set: world average" if i.provider == "default"
-             else f"region {i.region}")
-    print(f"\ncarbon intensity: {i.g_per_kwh:g} gCO2eq/kWh ({where}; {i.source}), "
-          f"PUE {cfg.carbon.pue:g}")
-    if cfg.carbon.providers:
-        names = ", ".join(p.name or p.type for p in cfg.carbon.providers)
-        print(f"live providers: {names}; `serve` asks them, and uses the intensity above when "
-              "none has a fresh value")
+    sys.stdout.write(describe(cfg))
     return 0
 
 
 def regions(args: argparse.Namespace) -> int:
-    from carbonmeter.carbon import regions as carbon
+    from carbonmeter.carbon.regions import listing, select
 
-    rows = carbon.regions()
-    if args.provider:
-        rows = tuple(r for r in rows if (r.provider or r.kind) == args.provider)
-    if args.search:
-        rows = carbon.search(args.search, rows)
+    rows = select(args.search, args.provider)
     if not rows:
         print("no region matches; `carbonmeter regions` lists them all", file=sys.stderr)
         return 1
-    table = [(r.provider or r.kind, r.code, r.name[:44], f"{r.g_per_kwh:.1f}",
-              str(r.year or "-"), r.source) for r in rows]
-    head = ("provider", "code", "name", "gCO2eq/kWh", "year", "source")
-    widths = [max(len(row[i]) for row in [head, *table]) for i in range(5)]
-    for row in [head, *table]:
-        cells = zip(row[:5], widths, strict=True)
-        print("  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(cells))
-              + "  " + row[5])
+    sys.stdout.write(listing(rows))
     print(f"\n{len(rows)} region{'' if len(rows) == 1 else 's'}. Use as carbon.region (country, "
           "state, province, zone) or carbon.cloud: {provider: P, region: CODE} (cloud).",
           file=sys.stderr)
@@ -119,15 +88,10 @@ def regions(args: argparse.Namespace) -> int:
 
 def config_check(args: argparse.Namespace) -> int:
     from carbonmeter import config
-    from carbonmeter.app import intensity_source, web_config
+    from carbonmeter.app import check
 
     cfg = config.load(args.file)
-    intensity_source(cfg)  # an unknown region is a configuration error too
-    if cfg.carbon.providers:  # so are a missing secret and a bad json_path
-        from carbonmeter.carbon import providers
-
-        providers.build(cfg.carbon.providers, cfg.source)
-    web_config(cfg)
+    check(cfg)
     sys.stdout.write(f"# {args.file}: valid; the effective configuration:\n")
     sys.stdout.write(config.dump(cfg))
     return 0
@@ -137,9 +101,9 @@ class _Version(argparse.Action):
     """--version, looked up only when asked (reading package metadata costs 30 ms)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from carbonmeter import __version__
+        from carbonmeter.version import version
 
-        print(f"carbonmeter {__version__}")  # on stdout, as argparse's own version action
+        print(f"carbonmeter {version()}")  # on stdout, as argparse's own version action
         parser.exit()
 
 

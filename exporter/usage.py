@@ -141,4 +141,21 @@ def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usag
     return Usage(name=name, started_unix=a.taken_unix,
                  duration_s=max(0.0, b.taken_monotonic - a.taken_monotonic),
                  devices=tuple(devices), intensity=b.intensity, pue=b.pue, tasks=tasks,
-                 error=error, metered=b.metered)
+                 error=error, metered=b.metered, **_tree_between(a, b))
+
+
+def _tree_between(a: Snapshot, b: Snapshot) -> dict[str, object]:
+    """The process tree's part of the span, when a process-tree attributor shares the
+    machine's energy (`Meter.attach`): the difference of its cumulative shares."""
+    from carbonmeter.attribution.view import TreeShare, tree_share
+
+    end = tree_share(b.attribution)
+    if end is None:
+        return {}
+    begin = tree_share(a.attribution)
+    if begin is None:
+        return {"scope": "process tree", "share": end}
+    kinds = {k: j - begin.by_kind.get(k, 0.0) for k, j in end.by_kind.items()}
+    share = TreeShare(end.energy_j - begin.energy_j, end.emissions_g - begin.emissions_g,
+                      kinds, end.method)
+    return {"scope": "process tree", "share": share}

@@ -35,7 +35,7 @@ Writes (into --out, default config/ beside this folder):
 
 Both files start with `#` lines citing the source and licence; readers skip them. Output is
 deterministic (sorted rows, fixed number formats, "\\n" line ends), so a rerun on the same data
-reproduces the committed files byte for byte; tests/exporter/test_tables.py checks that.
+reproduces the committed files byte for byte; tests/bundled/test_tables.py checks that.
 
 Python 3.10+, standard library only. The ISO 3166-1 alpha-3 -> alpha-2 mapping is embedded below
 (generated once from the Debian iso-codes package, iso_3166-1.json, version 4.15), so neither

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from carbonmeter.attribution.attributor import Attributor
 from carbonmeter.attribution.ledger import Ledger
 from carbonmeter.attribution.model import IdlePower
-from carbonmeter.attribution.view import AttributionView, TreeShare, WorkloadRow
+from carbonmeter.attribution.view import AttributionView, TreeShare, tree_share
 
 if TYPE_CHECKING:
     from carbonmeter.config import Config
@@ -137,12 +137,4 @@ def process_tree(root_pid: int, cfg: Config, probes: Sequence[Probe], *,
 def process_tree_share(snapshot: Snapshot) -> TreeShare | None:
     """The process tree's energy and CO2eq in a snapshot of a `process_tree` sampler; None
     when the snapshot has no attribution."""
-    view: AttributionView | None = snapshot.attribution
-    if view is None or view.scope != "tree":
-        return None
-    rows: list[WorkloadRow] = [r for r in view.rows if r.workload == "process"]
-    by_kind: dict[str, float] = {}
-    for r in rows:
-        by_kind[r.kind] = by_kind.get(r.kind, 0.0) + r.energy_j
-    return TreeShare(sum((r.energy_j for r in rows), 0.0),
-                     sum((r.emissions_g for r in rows), 0.0), by_kind, view.method)
+    return tree_share(snapshot.attribution)

@@ -15,10 +15,10 @@ from typing import Any
 from carbonmeter.accounting import EnergyDelta
 from carbonmeter.attribution.ledger import Ledger
 from carbonmeter.attribution.model import (
-    HOST,
+    HOST_KEY,
     MEMORY_KINDS,
-    OTHER,
-    UNATTRIBUTED,
+    OTHER_KEY,
+    UNATTRIBUTED_KEY,
     IdlePower,
     Key,
     idle_shares,
@@ -118,15 +118,15 @@ class Attributor:
             self._kinds[d.device.id] = kind
             idle_w = self.idle.watts(d.device.id, kind, d.energy_j / d.seconds)
             if interval is None or _scope(d) == BESIDE:  # a switch: no workload's doing
-                parts = {UNATTRIBUTED: d.energy_j}
+                parts = {UNATTRIBUTED_KEY: d.energy_j}
             else:
                 parts = self._split(d, kind, idle_w * d.seconds, interval, shares)
             ek = energy.setdefault(kind, {})
             pk = power.setdefault(kind, {})
             per_s = 1.0 / d.seconds
             for key, joules in parts.items():
-                if own is not None and key is not UNATTRIBUTED and not own(key):
-                    key = OTHER
+                if own is not None and key is not UNATTRIBUTED_KEY and not own(key):
+                    key = OTHER_KEY
                 ek[key] = ek.get(key, 0.0) + joules
                 pk[key] = pk.get(key, 0.0) + joules * per_s
         if interval is not None:
@@ -169,7 +169,7 @@ class Attributor:
             return {}
         out: dict[Key, float] = {}
         for pid, w in self._gpu.weights(index).items():
-            key = interval.key_of_pid(pid) or HOST
+            key = interval.key_of_pid(pid) or HOST_KEY
             out[key] = out.get(key, 0.0) + w
         return out
 

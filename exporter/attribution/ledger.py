@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from carbonmeter.attribution.model import HOST, OTHER, UNATTRIBUTED, Key
+from carbonmeter.attribution.model import HOST_KEY, OTHER_KEY, UNATTRIBUTED_KEY, Key
 from carbonmeter.attribution.view import Identity, WorkloadRow
 
 KEEP_UNEXPORTED_S = 3600.0
-SPECIAL = {HOST: "host", OTHER: "other", UNATTRIBUTED: "unattributed"}
+SPECIAL = {HOST_KEY: "host", OTHER_KEY: "other", UNATTRIBUTED_KEY: "unattributed"}
 RESTORED = "restored"  # prefixes the keys of restored workloads that cannot come back
 
 
@@ -59,7 +59,7 @@ class Ledger:
         self._entries: dict[Key, _Entry] = {}
         # host is left out where everything but the watched workloads is `other` (scope self)
         self._special = {k: _Entry(Identity(name, None)) for k, name in SPECIAL.items()
-                         if host_row or k != HOST}
+                         if host_row or k != HOST_KEY}
         for e in self._special.values():
             e.tracked = True
             e.series = {}
@@ -105,7 +105,7 @@ class Ledger:
                 e.ended_at, e.ended_clock = n, now
         self._drop(now)
         self._select()
-        other = self._special[OTHER]
+        other = self._special[OTHER_KEY]
         special = self._special
         for kind, by_key in energy.items():
             watts = power[kind]

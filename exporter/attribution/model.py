@@ -22,14 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 Key = tuple  # a workload's identity: ("pod", uid), ("process", pid, start), ...
-HOST: Key = ("host",)
-OTHER: Key = ("other",)
-UNATTRIBUTED: Key = ("unattributed",)
+HOST_KEY: Key = ("host",)
+OTHER_KEY: Key = ("other",)
+UNATTRIBUTED_KEY: Key = ("unattributed",)
 MEMORY_KINDS = frozenset({"dram", "ram"})
 
 
 @dataclass(slots=True)
-class Usage:
+class WorkloadUsage:
     """What workloads used over one interval: the model's input, in any consistent units."""
 
     cpu: dict[Key, float] = field(default_factory=dict)  # CPU seconds per workload
@@ -48,11 +48,11 @@ def split(energy_j: float, idle_j: float, weights: Mapping[Key, float], total: f
 
     `weights` is each workload's use of the device out of `total` (>= their sum; the rest is
     the host's); `idle_shares` gives each workload its fraction (summing to at most 1) of the
-    idle part. Keys are workloads, HOST and UNATTRIBUTED; the values add up to `energy_j`.
+    idle part. Keys are workloads, HOST_KEY and UNATTRIBUTED_KEY; the values add up to `energy_j`.
     """
     out: dict[Key, float] = {}
     if energy_j <= 0:
-        return {UNATTRIBUTED: energy_j} if energy_j else {}
+        return {UNATTRIBUTED_KEY: energy_j} if energy_j else {}
     idle = min(energy_j, max(0.0, idle_j))
     dynamic = energy_j - idle
     if dynamic > 0 and total > 0:
@@ -63,7 +63,7 @@ def split(energy_j: float, idle_j: float, weights: Mapping[Key, float], total: f
                 out[k] = w * scale
                 given += w
         if total > given:
-            out[HOST] = out.get(HOST, 0.0) + (total - given) * scale
+            out[HOST_KEY] = out.get(HOST_KEY, 0.0) + (total - given) * scale
     if idle > 0:
         for k, s in idle_shares.items():
             if s > 0:
@@ -73,11 +73,11 @@ def split(energy_j: float, idle_j: float, weights: Mapping[Key, float], total: f
         top = max(out, key=out.__getitem__)
         out[top] += rest
         rest = 0.0
-    out[UNATTRIBUTED] = rest
+    out[UNATTRIBUTED_KEY] = rest
     return out
 
 
-def memory_idle_j(energy_j: float, usage: Usage) -> tuple[float, float]:
+def memory_idle_j(energy_j: float, usage: WorkloadUsage) -> tuple[float, float]:
     """(idle part, memory in use) for DRAM/RAM: the idle part is the free memory's share."""
     if usage.mem_total <= 0:
         return energy_j, 0.0
@@ -85,7 +85,7 @@ def memory_idle_j(energy_j: float, usage: Usage) -> tuple[float, float]:
     return energy_j * max(0.0, 1.0 - in_use / usage.mem_total), in_use
 
 
-def idle_shares(policy: str, usage: Usage) -> dict[Key, float]:
+def idle_shares(policy: str, usage: WorkloadUsage) -> dict[Key, float]:
     """Each workload's fraction of the idle power under `policy`."""
     if policy == "equal" and usage.members:
         share = 1.0 / len(usage.members)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from carbonmeter.attribution import cgroups
 from carbonmeter.attribution.kubernetes import Names
-from carbonmeter.attribution.model import Key, Usage
+from carbonmeter.attribution.model import Key, WorkloadUsage
 from carbonmeter.attribution.procfs import (
     CLK_TCK,
     PAGE_SIZE,
@@ -38,7 +38,7 @@ from carbonmeter.attribution.view import Identity
 
 @dataclass(slots=True)
 class Interval:
-    usage: Usage
+    usage: WorkloadUsage
     present: dict[Key, Identity]
     key_of_pid: Callable[[int], Key | None] = field(default=lambda _pid: None)
 
@@ -119,7 +119,7 @@ class CgroupSource:
             if rel not in groups and cg.parent in groups and rel in old_keys:
                 vanished[cg.parent].append(rel)
 
-        usage = Usage(node_cpu=busy, mem_total=node.mem_total, mem_free=node.mem_free,
+        usage = WorkloadUsage(node_cpu=busy, mem_total=node.mem_total, mem_free=node.mem_free,
                       ncpu=node.ncpu)
         cpu = usage.cpu
         for rel, d in delta.items():
@@ -275,7 +275,7 @@ class ProcessSource:
         deltas, first, busy, node = self._deltas()
         if first:
             return None
-        usage = Usage(node_cpu=busy, mem_total=node.mem_total, mem_free=node.mem_free,
+        usage = WorkloadUsage(node_cpu=busy, mem_total=node.mem_total, mem_free=node.mem_free,
                       ncpu=node.ncpu)
         cpu = usage.cpu
         for p, own, reaped in deltas:
@@ -340,7 +340,7 @@ class TreeSource(ProcessSource):
         self.members = members
         if first:
             return None
-        usage = Usage(node_cpu=busy, mem_total=node.mem_total, mem_free=node.mem_free,
+        usage = WorkloadUsage(node_cpu=busy, mem_total=node.mem_total, mem_free=node.mem_free,
                       ncpu=node.ncpu)
         ticks = 0
         for p, own, reaped in deltas:

@@ -91,3 +91,16 @@ class TreeShare:
     emissions_g: float
     by_kind: dict[str, float]  # joules per device kind
     method: str  # how it was measured, for the user
+
+
+def tree_share(view: AttributionView | None) -> TreeShare | None:
+    """The process tree's cumulative energy and CO2eq in a view of a `process_tree`
+    attributor; None for any other view, or none."""
+    if view is None or view.scope != "tree":
+        return None
+    rows = [r for r in view.rows if r.workload == "process"]
+    by_kind: dict[str, float] = {}
+    for r in rows:
+        by_kind[r.kind] = by_kind.get(r.kind, 0.0) + r.energy_j
+    return TreeShare(sum((r.energy_j for r in rows), 0.0),
+                     sum((r.emissions_g for r in rows), 0.0), by_kind, view.method)

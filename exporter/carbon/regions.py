@@ -61,7 +61,7 @@ def fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
-def search(text: str, rows: tuple[Region, ...]) -> tuple[Region, ...]:
+def search_rows(text: str, rows: tuple[Region, ...]) -> tuple[Region, ...]:
     """The rows whose code, alpha-3, name, kind or provider contain every word of `text`."""
     words = fold(text).split()
     return tuple(r for r in rows if all(
@@ -123,3 +123,25 @@ def mix_intensity(mix: dict[str, float], per_source: dict[str, float]) -> float:
     """Weighted average of the sources' intensities; shares need not sum to 1."""
     total = sum(mix.values())
     return sum(share * per_source[src] for src, share in mix.items()) / total
+
+
+def select(search: str | None = None, provider: str | None = None) -> tuple[Region, ...]:
+    """`carbonmeter regions [--search TEXT] [--provider P]`: P a cloud provider or a kind."""
+    rows = regions()
+    if provider:
+        rows = tuple(r for r in rows if (r.provider or r.kind) == provider)
+    return search_rows(search, rows) if search else rows
+
+
+def listing(rows: tuple[Region, ...]) -> str:
+    """The rows as an aligned table: provider or kind, code, name, intensity, year, source."""
+    table = [(r.provider or r.kind, r.code, r.name[:44], f"{r.g_per_kwh:.1f}",
+              str(r.year or "-"), r.source) for r in rows]
+    head = ("provider", "code", "name", "gCO2eq/kWh", "year", "source")
+    widths = [max(len(row[i]) for row in [head, *table]) for i in range(5)]
+    lines = []
+    for row in [head, *table]:
+        cells = zip(row[:5], widths, strict=True)
+        lines.append("  ".join(c.rjust(w) if i == 3 else c.ljust(w)
+                               for i, (c, w) in enumerate(cells)) + "  " + row[5])
+    return "\n".join(lines) + "\n"

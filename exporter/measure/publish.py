@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from carbonmeter.sinks.emissions_log import EmissionsLog, RowContext, rows_for
+from carbonmeter.sinks.emissions_log import EmissionsLog, Load, RowContext, rows_for
 from carbonmeter.snapshot import DeviceTotal, Snapshot
 from carbonmeter.usage import Usage
 
@@ -17,16 +17,18 @@ log = logging.getLogger(__name__)
 
 
 def finished(usage: Usage, ctx: RowContext, *, emissions_log: EmissionsLog | None,
-             cfg: Any, rows_of: Usage | None = None, final: bool = True) -> list[str]:
+             cfg: Any, rows_of: Usage | None = None, final: bool = True,
+             load: tuple[Load | None, Load | None] | None = None) -> list[str]:
     """Send `usage` (the whole run) to every configured output; one line per failure.
 
     `rows_of`: the part not yet in the log, when an earlier flush wrote the rest. `final` is
     False for a flush: the log gets its rows, but the push at exit waits for the end.
+    `load`: the machine's CPU times and memory at the start and end of the rows' span.
     """
     problems = []
     if emissions_log is not None:
         try:
-            emissions_log.append(rows_for(rows_of or usage, ctx))
+            emissions_log.append(rows_for(rows_of or usage, ctx, load))
         except OSError as e:
             problems.append(f"emissions log {emissions_log.path}: cannot write: "
                             f"{e.strerror or e}")

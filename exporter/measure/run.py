@@ -80,7 +80,8 @@ def _with_tree_share(usage: Any, last: Any, tree: Any) -> Any:
     why = tree if isinstance(tree, str) else tree.first_error
     share = None if why else process_tree_share(last)
     if share is None:
-        return dataclasses.replace(usage, scope_reason=why or "the process tree was not read")
+        return dataclasses.replace(usage, scope="machine", share=None,
+                                   scope_reason=why or "the process tree was not read")
     return dataclasses.replace(usage, scope="process tree", share=share)
 
 
@@ -89,14 +90,14 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
     from carbonmeter.measure import summary
     from carbonmeter.measure.meter import Meter
     from carbonmeter.measure.publish import finished
-    from carbonmeter.sinks.emissions_log import RowContext, new_run_id, open_log
+    from carbonmeter.sinks.emissions_log import RowContext, new_run_id, open_log, read_load
     from carbonmeter.usage import usage_between
 
     blocked = {*FORWARDED, signal.SIGCHLD}
     before = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         meter = Meter(cfg, interval=interval)  # its thread starts with the signals blocked
-        first = meter.start()
+        first, load = meter.start(), read_load()
         pending = signal.sigpending() & set(FORWARDED)
         if pending:  # interrupted while the probes were starting: do not start the command
             meter.stop()
@@ -112,7 +113,7 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
         tree = _attribute_tree(meter, cfg, pid)
         code = exit_code(wait(pid))
         last = meter.stop()
-        usage = usage_between(first, last)
+        usage, load = usage_between(first, last), (load, read_load())
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     usage = _with_tree_share(usage, last, tree)
@@ -130,5 +131,5 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
         print(f"carbonmeter: cannot write the summary to {output}: {e.strerror or e}",
               file=sys.stderr)
     ctx = RowContext(cfg.emissions_log.project_name, new_run_id())
-    finished(usage, ctx, emissions_log=open_log(cfg.emissions_log), cfg=cfg)
+    finished(usage, ctx, emissions_log=open_log(cfg.emissions_log), cfg=cfg, load=load)
     return code

@@ -3,7 +3,10 @@
 Reads carbonmeter's log (CSV or JSON Lines) and CodeCarbon's emissions.csv alike: only
 CodeCarbon's columns are required; carbonmeter's own (`devices`, `carbon_intensity`,
 `task_name`, ...) add detail where present. Task rows lie inside their run's rows, so
-totals add up the other rows only.
+totals add up the other rows only. The energy and power columns have the PUE applied, as
+CodeCarbon's do. A CodeCarbon tracker writes its run's total so far at each flush, so rows
+that cover the same span from the same start (one `run_id` and one `started`; in
+CodeCarbon's own file, one `run_id`) are one span: its last, longest row counts.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Row:
     kinds: dict[str, float]  # kWh per device kind
     devices: dict[str, dict[str, Any]]  # id -> kind, source, estimated, energy (kWh)
     intensity: tuple[str, float, str, str]  # region, g/kWh, source, cloud provider
+    span: tuple[str, ...] = ()  # rows with the same span key are totals of one span so far
     error: float | None = None  # energy_consumed_relative_error; None in logs without it
 
 
@@ -136,8 +140,8 @@ def _row(r: dict[str, Any], where: str) -> Row:
             devices = json.loads(devices)
         except ValueError:
             devices = {}
-    energy = _num(r["energy_consumed"])
     pue = _num(r.get("pue"), 1.0) or 1.0
+    energy = _num(r["energy_consumed"]) / pue  # what the devices drew, before the PUE
     emissions_g = _num(r["emissions"]) * 1000
     g_per_kwh = _num(r.get("carbon_intensity"), -1)
     if g_per_kwh < 0:  # CodeCarbon's log: the intensity is what its numbers imply
@@ -145,14 +149,35 @@ def _row(r: dict[str, Any], where: str) -> Row:
     region = str(r.get("carbon_intensity_region") or r.get("cloud_region")
                  or r.get("country_iso_code") or "")
     error = _num(r.get("energy_consumed_relative_error"), -1)
+    run_id = str(r.get("run_id") or "")
+    if r.get("started"):
+        span: tuple[str, ...] = (run_id, str(r["started"]))
+    elif "carbonmeter_version" in r or not run_id:
+        span = ()  # a row of its own
+    else:
+        span = (run_id,)  # CodeCarbon's file: a run's rows are its totals so far
     return Row(end=end, duration_s=_num(r["duration"]), energy_kwh=energy,
                emissions_g=emissions_g, pue=pue, task=str(r.get("task_name") or ""),
-               run_id=str(r.get("run_id") or ""),
-               kinds={k: _num(r.get(col)) for k, col in KINDS},
+               run_id=run_id, kinds={k: _num(r.get(col)) / pue for k, col in KINDS},
                devices=devices if isinstance(devices, dict) else {},
                intensity=(region, g_per_kwh, str(r.get("carbon_intensity_source") or ""),
-                          str(r.get("cloud_provider") or "")),
+                          str(r.get("cloud_provider") or "")), span=span,
                error=error if 0 <= error <= 10 else None)
+
+
+def _last_of_each_span(rows: list[Row]) -> list[Row]:
+    """Of rows that are totals of one span so far, the longest (the last written)."""
+    out: list[Row] = []
+    where: dict[tuple[str, ...], int] = {}
+    for r in rows:
+        if not r.span:
+            out.append(r)
+        elif r.span not in where:
+            where[r.span] = len(out)
+            out.append(r)
+        elif r.duration_s >= out[where[r.span]].duration_s:
+            out[where[r.span]] = r
+    return out
 
 
 def _intensity(region: str, g: float, source: str, provider: str) -> Intensity:
@@ -186,7 +211,7 @@ def _floor(t: datetime, bucket: str) -> datetime:
 
 def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
     parsed = [_row(r, f"{where}: row {n}") for n, r in enumerate(records, 2)]
-    rows = [r for r in parsed if not r.task]
+    rows = _last_of_each_span([r for r in parsed if not r.task])
     tasks = [r for r in parsed if r.task]
     if not rows:
         raise LogError(f"{where}: no rows to report on")

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from carbonmeter import __version__
 from carbonmeter.server.http import HttpServer, Request, Response
+from carbonmeter.version import version
 
 if TYPE_CHECKING:
     from carbonmeter.server.webconfig import WebConfig
@@ -30,7 +30,7 @@ def make_server(host: str, port: int, render: Render, alive: Callable[[], bool],
     """The HTTP endpoint for /metrics, /healthz and /, with TLS and basic auth when `web`
     says so (/healthz without auth unless `healthz_auth`: probes send no credentials);
     call serve_forever() on it (the socket is already bound)."""
-    landing = LANDING.format(version=__version__).encode()
+    landing = LANDING.format(version=version()).encode()
 
     def metrics(req: Request) -> Response:
         gz = "gzip" in req.headers.get("accept-encoding", "")

@@ -37,11 +37,11 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
-from carbonmeter import __version__
 from carbonmeter.config import OtlpConfig
 from carbonmeter.probes.base import Device, relative_error
 from carbonmeter.sinks.outage import Outage
 from carbonmeter.snapshot import Snapshot
+from carbonmeter.version import version
 
 if typing.TYPE_CHECKING:
     from carbonmeter.attribution.view import WorkloadRow
@@ -64,7 +64,7 @@ def resource(env: typing.Mapping[str, str] | None = None) -> Resource:
     """service.*, host.name and Kubernetes names; OTEL_RESOURCE_ATTRIBUTES and
     OTEL_SERVICE_NAME, which the user set on purpose, win over what is detected here."""
     env = os.environ if env is None else env
-    attrs = {"service.name": "carbonmeter", "service.version": __version__,
+    attrs = {"service.name": "carbonmeter", "service.version": version(),
              "host.name": socket.gethostname()}
     for key, names in K8S_ENV.items():
         value = next((env[n] for n in names if env.get(n)), None)
@@ -272,7 +272,7 @@ class OtlpSink:
         return attrs
 
     def _instruments(self, provider: MeterProvider) -> None:
-        meter = provider.get_meter("carbonmeter", __version__)
+        meter = provider.get_meter("carbonmeter", version())
 
         def energy(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(t.energy_j, self._device(t.device))

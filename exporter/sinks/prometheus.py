@@ -23,10 +23,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from carbonmeter import __version__
 from carbonmeter.probes.base import relative_error
 from carbonmeter.server.endpoint import make_server
 from carbonmeter.snapshot import Snapshot
+from carbonmeter.version import version
 
 if TYPE_CHECKING:
     from carbonmeter.server.webconfig import WebConfig
@@ -123,7 +123,7 @@ class SnapshotCollector:
             if self.cursor is not None:
                 s.attribution.exported(self.cursor)
         info = InfoMetricFamily("carbonmeter_build", "carbonmeter version.")
-        info.add_metric((), {"version": __version__,
+        info.add_metric((), {"version": version(),
                              "python_version": platform.python_version()})
         yield info
 

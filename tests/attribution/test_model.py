@@ -9,11 +9,11 @@ import pytest
 
 from carbonmeter.attribution.ledger import Ledger
 from carbonmeter.attribution.model import (
-    HOST,
-    OTHER,
-    UNATTRIBUTED,
+    HOST_KEY,
+    OTHER_KEY,
+    UNATTRIBUTED_KEY,
     IdlePower,
-    Usage,
+    WorkloadUsage,
     idle_shares,
     memory_idle_j,
     split,
@@ -28,40 +28,40 @@ def test_dynamic_power_follows_cpu_time_and_the_rest_is_the_hosts():
     parts = split(100.0, 40.0, {A: 3.0, B: 1.0}, 5.0, {})
     assert parts[A] == pytest.approx(60 * 3 / 5)
     assert parts[B] == pytest.approx(60 * 1 / 5)
-    assert parts[HOST] == pytest.approx(60 * 1 / 5)
-    assert parts[UNATTRIBUTED] == pytest.approx(40.0)
+    assert parts[HOST_KEY] == pytest.approx(60 * 1 / 5)
+    assert parts[UNATTRIBUTED_KEY] == pytest.approx(40.0)
     assert math.fsum(parts.values()) == 100.0
 
 
 def test_no_cpu_time_leaves_the_dynamic_part_unattributed():
-    assert split(10.0, 4.0, {}, 0.0, {A: 0.5}) == pytest.approx({A: 2.0, UNATTRIBUTED: 8.0})
+    assert split(10.0, 4.0, {}, 0.0, {A: 0.5}) == pytest.approx({A: 2.0, UNATTRIBUTED_KEY: 8.0})
 
 
 def test_idle_above_energy_is_capped():
     parts = split(10.0, 25.0, {A: 1.0}, 1.0, {A: 1.0})
-    assert parts == pytest.approx({A: 10.0, UNATTRIBUTED: 0.0})
+    assert parts == pytest.approx({A: 10.0, UNATTRIBUTED_KEY: 0.0})
 
 
 def test_idle_policies():
-    u = Usage(requests={A: 2.0, B: 1.0}, ncpu=8, members=[A, B, C])
+    u = WorkloadUsage(requests={A: 2.0, B: 1.0}, ncpu=8, members=[A, B, C])
     assert idle_shares("unattributed", u) == {}
     assert idle_shares("equal", u) == pytest.approx({A: 1 / 3, B: 1 / 3, C: 1 / 3})
     # share of the node's CPUs requested; what nobody requested stays unattributed
     assert idle_shares("requests", u) == pytest.approx({A: 2 / 8, B: 1 / 8})
     parts = split(80.0, 80.0, {}, 0.0, idle_shares("requests", u))
-    assert parts == pytest.approx({A: 20.0, B: 10.0, UNATTRIBUTED: 50.0})
+    assert parts == pytest.approx({A: 20.0, B: 10.0, UNATTRIBUTED_KEY: 50.0})
     # more requested than the node has (Docker's default 1 CPU each): normalised
-    over = Usage(requests={A: 6.0, B: 6.0}, ncpu=4)
+    over = WorkloadUsage(requests={A: 6.0, B: 6.0}, ncpu=4)
     assert idle_shares("requests", over) == pytest.approx({A: 0.5, B: 0.5})
-    assert idle_shares("equal", Usage()) == {}
+    assert idle_shares("equal", WorkloadUsage()) == {}
 
 
 def test_memory_is_shared_by_bytes_and_free_memory_is_idle():
-    u = Usage(memory={A: 2 << 30, B: 1 << 30}, mem_total=16 << 30, mem_free=10 << 30)
+    u = WorkloadUsage(memory={A: 2 << 30, B: 1 << 30}, mem_total=16 << 30, mem_free=10 << 30)
     idle, in_use = memory_idle_j(16.0, u)
     assert in_use == 6 << 30 and idle == pytest.approx(10.0)
     parts = split(16.0, idle, u.memory, in_use, {})
-    assert parts == pytest.approx({A: 2.0, B: 1.0, HOST: 3.0, UNATTRIBUTED: 10.0})
+    assert parts == pytest.approx({A: 2.0, B: 1.0, HOST_KEY: 3.0, UNATTRIBUTED_KEY: 10.0})
 
 
 def test_rounding_never_makes_a_negative_share():
@@ -197,7 +197,7 @@ def test_a_new_workload_never_takes_labels_still_shown_for_an_ended_one():
 
 def test_special_rows_exist_from_the_start_for_every_kind():
     led = Ledger(top_n=10, min_energy_j=0.0, host_row=False)
-    record(led, {}, {UNATTRIBUTED: credit(1, "gpu"), OTHER: credit(2, "cpu")})
+    record(led, {}, {UNATTRIBUTED_KEY: credit(1, "gpu"), OTHER_KEY: credit(2, "cpu")})
     r = rows(led)
     assert set(r) == {("other", ("", ""), "gpu"), ("other", ("", ""), "cpu"),
                       ("unattributed", ("", ""), "gpu"), ("unattributed", ("", ""), "cpu")}

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from carbonmeter import __version__
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.config import ConfigError
+from carbonmeter.version import version
 
 MAX_BODY = 1 << 20  # an intensity is a few hundred bytes; anything past 1 MiB is a mistake
 MAX_RETRY_AFTER = 86_400.0
@@ -127,7 +127,7 @@ def get_json(url: str, headers: dict[str, str], timeout: float) -> Any:
     opener = _opener()
     deadline = time.monotonic() + timeout
     req = urllib.request.Request(url, headers={
-        "Accept": "application/json", "User-Agent": f"carbonmeter/{__version__}", **headers})
+        "Accept": "application/json", "User-Agent": f"carbonmeter/{version()}", **headers})
     try:
         with opener.open(req, timeout=timeout) as resp:
             body = _read(resp, deadline, shown, timeout)

@@ -16,7 +16,7 @@ import yaml
 from tests.helpers import http_get, wait_for
 from tests.test_end_to_end import start_serve, stop
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = {"Authorization": "Basic " + base64.b64encode(b"prometheus:scrape-me").decode()}
 
 

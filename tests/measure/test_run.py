@@ -27,7 +27,7 @@ from carbonmeter.measure.summary import SCHEMA
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 ADVANCE = """

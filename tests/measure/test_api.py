@@ -115,8 +115,9 @@ def test_decorator_measures_each_call_and_lets_exceptions_through(rapl, tmp_path
         [pytest.approx(30, abs=1e-4), pytest.approx(200, abs=1e-4)]
 
 
-def test_bare_decorator(rapl, monkeypatch):
+def test_bare_decorator(rapl, monkeypatch, tmp_path):
     tree, cfg = rapl
+    monkeypatch.chdir(tmp_path)  # CodeCarbon's decorator writes ./emissions.csv
     monkeypatch.setenv("CARBONMETER_PATHS_SYSFS", str(cfg.parent / "sys"))
     monkeypatch.setenv("CARBONMETER_PROBES_DISABLED", "[nvml, ram_model]")
 
@@ -126,13 +127,16 @@ def test_bare_decorator(rapl, monkeypatch):
         return 42
 
     assert f() == 42 and f.last_result.energy_j == pytest.approx(1, abs=1e-4)
+    assert len(read_csv(tmp_path / "emissions.csv")) == 1
 
 
 def test_emissions_tracker_start_flush_stop_like_codecarbon(rapl, tmp_path):
+    """CodeCarbon's rows: each flush() and stop() writes the run's total so far; tasks go
+    to a file of their own; results are EmissionsData in kWh and kg, PUE applied."""
     tree, cfg = rapl
     tracker = EmissionsTracker(project_name="cc", output_dir=tmp_path, config=cfg,
                                country_iso_code="FRA", pue=1.5, measure_power_secs=15)
-    assert tracker.flush() is None  # not started: CodeCarbon warns and writes nothing
+    assert tracker.flush() is None  # not started: CodeCarbon logs an error, writes nothing
     tracker.start()
     tree.advance(PKG, 3600)
     so_far = tracker.flush()
@@ -140,20 +144,24 @@ def test_emissions_tracker_start_flush_stop_like_codecarbon(rapl, tmp_path):
     tracker.start_task("eval")
     tree.advance(PKG, 360)
     part = tracker.stop_task("eval")
-    assert part.name == "eval" and part.energy_j == pytest.approx(360, abs=1e-4)
+    assert part.energy_consumed == pytest.approx(360 * 1.5 / 3.6e6, rel=1e-6)  # kWh with PUE
+    assert part.cpu_energy == part.energy_consumed and part.usage.energy_j == \
+        pytest.approx(360, abs=1e-4)
     tree.advance(PKG, 40)
     kg = tracker.stop()
     assert kg == pytest.approx(grams(4000, 1.5) / 1000, rel=1e-6)
-    assert tracker.final_emissions == kg
-    assert tracker.final_emissions_data.energy_j == pytest.approx(4000, abs=1e-3)
-    rows = read_csv(tmp_path / "emissions.csv")
-    runs = [r for r in rows if not r["task_name"]]
-    assert len(runs) == 2  # the flush, then the rest at stop: together the whole run
-    assert sum(float(r["emissions"]) for r in runs) == pytest.approx(kg, rel=1e-9)
-    assert [r["task_name"] for r in rows] == ["", "", "eval"]
-    assert {r["project_name"] for r in rows} == {"cc"} and rows[0]["country_iso_code"] == "FRA"
-    assert float(rows[0]["pue"]) == 1.5
-    assert tracker.stop() is None  # stopping twice: nothing more to measure
+    assert tracker.final_emissions == kg == tracker.final_emissions_data.emissions
+    assert tracker.result.energy_j == pytest.approx(4000, abs=1e-3)
+    assert [t.name for t in tracker.result.tasks] == ["eval"]
+    runs = read_csv(tmp_path / "emissions.csv")
+    assert [float(r["emissions"]) for r in runs] == [pytest.approx(so_far, rel=1e-9),
+                                                      pytest.approx(kg, rel=1e-9)]
+    assert {r["task_name"] for r in runs} == {""} and len({r["started"] for r in runs}) == 1
+    assert {r["project_name"] for r in runs} == {"cc"} and runs[0]["country_iso_code"] == "FRA"
+    assert float(runs[0]["pue"]) == 1.5
+    (tasks,) = tmp_path.glob(f"emissions_base_{tracker.run_id}.csv")
+    assert [r["task_name"] for r in read_csv(tasks)] == ["eval"]
+    assert tracker.stop() == kg  # stopping twice: CodeCarbon returns the last result
 
 
 def test_emissions_tracker_as_context_manager_and_offline_alias(rapl, tmp_path):
@@ -171,18 +179,18 @@ def test_emissions_tracker_save_to_file_false_writes_nothing(rapl, tmp_path, mon
     tracker = EmissionsTracker(save_to_file=False, config=cfg)
     tracker.start()
     assert tracker.stop() == 0.0
-    assert not (tmp_path / "emissions.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "sys"]  # nothing new
 
 
-def test_codecarbon_keywords_unknown_ones_fail_ignored_ones_warn(rapl, caplog):
+def test_codecarbon_keywords_unknown_ones_fail_meaningless_ones_say_why(rapl, caplog,
+                                                                       tmp_path):
     _, cfg = rapl
     with pytest.raises(TypeError, match="unexpected keyword argument 'measure_power_sec'"):
         EmissionsTracker(config=cfg, measure_power_sec=5)
     with caplog.at_level(logging.WARNING):
-        EmissionsTracker(config=cfg, save_to_api=True, tracking_mode="process",
-                         save_to_file=False)
-    assert "ignores CodeCarbon's save_to_api" in caplog.text
-    assert "measures the whole machine" in caplog.text
+        EmissionsTracker(config=cfg, save_to_api=True, save_to_file=False,
+                         output_dir=tmp_path)
+    assert "save_to_api: ignored: CodeCarbon's online dashboard API is not used" in caplog.text
 
 
 def test_a_bad_region_fails_when_the_tracker_is_made(rapl):

@@ -30,7 +30,7 @@ from carbonmeter.usage import DeviceUsage, Usage
 from tests.fixtures.powercap import two_sockets_with_dram
 from tests.helpers import chromium, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FR = find_region("FR")
 
 

@@ -24,9 +24,9 @@ from carbonmeter.server import http as http_server
 from carbonmeter.server import webconfig
 from carbonmeter.server.endpoint import make_server
 from carbonmeter.sinks.prometheus import Renderer
-from tests.exporter.test_prometheus import scripted
 from tests.fixtures.certs import make_pki
 from tests.helpers import http_get
+from tests.sinks.test_prometheus import scripted
 
 
 @pytest.fixture
