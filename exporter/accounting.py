@@ -29,22 +29,87 @@ log = logging.getLogger(__name__)
 # RAPL zone. A gap is recovered from such a counter only while shorter than its wrap
 # period at this power (262 s for a 262 kJ RAPL range).
 DEFAULT_MAX_POWER_W = 1000.0
+# Power believed possible for a device that declares no bound and does not wrap (a GPU's
+# energy counter, a BMC's or hwmon's power): 100 kW, more than any one server draws (an
+# 8-GPU server draws about 10 kW). Only what no machine could spend is refused by it.
+POWER_CEILING_W = 100_000.0
+# The largest raw counter any source keeps: NVML's 64-bit count of mJ, in µJ.
+COUNTER_MAX_UJ = (2**64 - 1) * 1000
+# Counters that the hardware or its driver update in steps (NVML's every ~100 ms, a
+# powermetrics or Power Gadget sample) may show a whole step's energy in a shorter
+# interval: an interval's energy is bounded by the power bound over at least this long.
+STEP_S = 1.0
+
+
+class Refused(ValueError):
+    """A reading no device could give (not an integer, outside its range, an impossible
+    power): reported as the probe's error, never counted; the last good reading stays the
+    baseline."""
+
+
+def power_bound_w(dev: Device) -> float:
+    """The most power `dev` can draw: its own bound, else the defaults above."""
+    if dev.max_power_w:
+        return dev.max_power_w
+    return DEFAULT_MAX_POWER_W if dev.wrap_uj is not None else POWER_CEILING_W
+
+
+def refuse(reading: Reading) -> str | None:
+    """Why `reading` cannot be true, or None: what every source's readings must pass,
+    whatever its probe checked already."""
+    dev, c, p = reading.device, reading.counter_uj, reading.power_w
+    if c is not None:
+        if type(c) is not int:
+            return f"energy counter {c!r} is not an integer"
+        top = COUNTER_MAX_UJ if dev.wrap_uj is None else dev.wrap_uj
+        if not 0 <= c <= top:
+            return f"energy counter {c} µJ is outside its range (0 to {top:.0f})"
+    if p is not None:
+        bound = power_bound_w(dev)
+        if type(p) not in (int, float) or not math.isfinite(p) or not 0 <= p <= bound:
+            return f"power {p!r} W is outside 0 to {bound:g} W"
+    return None
 
 
 def counter_delta_uj(prev: int, now: int, wrap_uj: float | None) -> float | None:
-    """Increase of a hardware energy counter between two reads, in µJ.
+    """Increase of a hardware energy counter between two reads, in µJ, taking a decrease
+    as one wrap.
 
     A counter that reads lower than before wrapped once (it restarts from zero after
     `wrap_uj`): the increase is what was left to the wrap plus what it counted since.
     Two wraps between reads are undetectable, which is why the sampling interval must
     stay below one wrap period (about 60 s at 4 kW for a 262 kJ RAPL range). A counter
     without a wrap that goes back was reset (driver reload): None, nothing is counted.
+    Whether the increase is possible at all is `counter_energy`'s question.
     """
     if now >= prev:
         return float(now - prev)
     if wrap_uj is None:
         return None
     return (wrap_uj - prev) + now
+
+
+def counter_energy(old: Device, new: Device, prev: int, now: int,
+                   dt: float) -> tuple[float | None, str]:
+    """(joules, "") that a counter proves were spent over `dt` seconds, or (None, why not):
+    the counter was reset (driver reload, re-registered zone) or cannot be believed.
+
+    Proof needs the same counter (range and identity unchanged) and an increase the
+    device could spend: a decrease is a wrap only when what was left to the wrap plus
+    what it counted since fits within its power bound over `dt`, and so must a rise.
+    """
+    if (old.wrap_uj, old.identity) != (new.wrap_uj, new.identity):
+        return None, "its range or identity changed (driver reload or re-registered zone?)"
+    delta = counter_delta_uj(prev, now, new.wrap_uj)
+    if delta is None:
+        return None, f"it went back from {prev} to {now} µJ and never wraps"
+    bound = power_bound_w(new)
+    joules = delta / 1e6
+    if joules > bound * max(dt, STEP_S):
+        what = (f"it rose from {prev} to {now} µJ:" if now >= prev else
+                f"it went back from {prev} to {now} µJ; as a wrap,")
+        return None, f"{what} {joules:.3f} J in {dt:.3g} s, more than {bound:g} W can spend"
+    return joules, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +151,11 @@ class Accounting:
     def add(self, reading: Reading, t: float, intensity: Intensity,
             wall: float | None = None) -> EnergyDelta | None:
         """Fold one reading taken at clock time `t` (wall-clock `wall`) into its device's
-        totals; returns the energy it added, if any, for sharing it out."""
+        totals; returns the energy it added, if any, for sharing it out. A reading that
+        cannot be true raises Refused and leaves the device as it was."""
+        why = refuse(reading)
+        if why is not None:
+            raise Refused(why)
         dev = reading.device
         tr = self._tracks.get(dev.id)
         if tr is None:
@@ -107,22 +176,20 @@ class Accounting:
                 return None
             self._count(tr, energy, intensity)
             return EnergyDelta(dev, energy, dt)
-        tr.device = dev
         energy = None
         if reading.counter_uj is not None:
-            if tr.counter is not None:
-                delta = counter_delta_uj(tr.counter, reading.counter_uj, dev.wrap_uj)
-                if delta is None:
-                    log.warning("%s: energy counter went back from %d to %d µJ (driver "
-                                "reset?); counting from the new value", dev.id, tr.counter,
-                                reading.counter_uj)
-                    if dt is not None:
-                        tr.unmeasured_s += dt
-                else:
-                    energy = delta / 1e6
+            if tr.counter is not None and dt is not None:
+                energy, why = counter_energy(tr.device, dev, tr.counter, reading.counter_uj,
+                                             dt)
+                if energy is None:  # a reset: count from the new value on
+                    log.warning("%s: energy counter reset: %s; counting from %d µJ on, the "
+                                "%.3g s before unmeasured", dev.id, why, reading.counter_uj, dt)
+                    tr.unmeasured_s += dt
+                    tr.power_w = None
         elif reading.power_w is not None and tr.power is not None and dt is not None:
             mean = reading.power_w if dev.mean_power else (tr.power + reading.power_w) / 2
             energy = mean * dt
+        tr.device = dev
         self._baseline(tr, reading, t, wall)
         if energy is None or dt is None:
             return None
@@ -144,31 +211,20 @@ class Accounting:
     def _gap_energy(tr: _Track, reading: Reading, dt: float) -> float | None:
         """Joules spent over a gap of `dt` seconds, when a counter proves it; else None.
 
-        Proof needs the same counter (same device identity and range, which a restore
-        from another boot never keeps: see `restore`), and: a counter that never wraps
-        must still be increasing (a decrease is a driver reload); a wrapping counter
-        must have been unobserved for less than one wrap period at the device's maximum
-        power, and the increase found must be possible at that power (a counter reset,
-        e.g. by a suspend, shows an impossible increase).
+        Proof needs what `counter_energy` asks of every interval (the same counter, whose
+        identity and range a restore from another boot never keeps: see `restore`; an
+        increase the device could spend), and of a wrapping counter, that it was
+        unobserved for less than one wrap period at its power bound (else it may have
+        wrapped more than once).
         """
         old, new = tr.device, reading.device
         if tr.counter is None or reading.counter_uj is None:
             return None
-        if (old.kind, old.source, old.wrap_uj, old.identity) != (
-                new.kind, new.source, new.wrap_uj, new.identity):
+        if (old.kind, old.source) != (new.kind, new.source):
             return None
-        if new.wrap_uj is None:
-            if reading.counter_uj < tr.counter:
-                return None
-            return (reading.counter_uj - tr.counter) / 1e6
-        max_w = new.max_power_w or DEFAULT_MAX_POWER_W
-        if dt >= new.wrap_uj / 1e6 / max_w:
-            return None  # it may have wrapped more than once
-        delta = counter_delta_uj(tr.counter, reading.counter_uj, new.wrap_uj)
-        joules = None if delta is None else delta / 1e6
-        if joules is None or joules > max_w * dt:
+        if new.wrap_uj is not None and dt >= new.wrap_uj / 1e6 / power_bound_w(new):
             return None
-        return joules
+        return counter_energy(old, new, tr.counter, reading.counter_uj, dt)[0]
 
     def lost(self, device_id: str) -> None:
         """A device that was not read: its power is unknown, and the time until it is

@@ -136,7 +136,8 @@ def describe(cfg: Config) -> str:
 
 def build(cfg: Config) -> App:
     """Every part of the exporter, wired, restored from the state file; nothing started.
-    Raises ConfigError (exit 2) or OSError (the port: exit 1)."""
+    Raises ConfigError (exit 2), OSError (the port: exit 1) or state.StateRefused (the
+    state file is another exporter's: exit 1)."""
     static = intensity_source(cfg)
     pollers = []
     if cfg.carbon.providers:  # urllib and ssl load only when a provider is configured
@@ -145,6 +146,7 @@ def build(cfg: Config) -> App:
         pollers = providers.build(cfg.carbon.providers, cfg.source)
     host, port = parse_listen(cfg.server.listen)
     web = web_config(cfg)  # a bad certificate or hash stops here, before anything runs
+    store = _store(cfg)  # so does a state file another exporter holds, or that is no file
     probes, reports = discover(cfg)
     for r in reports:
         if r.available:
@@ -179,7 +181,7 @@ def build(cfg: Config) -> App:
     except OSError:
         sampler.close()
         raise
-    sinks = _sinks(cfg, sampler)
+    sinks = _sinks(cfg, sampler, store)
     parts.extend(sinks)
     parts.append(endpoint)
     for sink in (*sinks, endpoint):
@@ -218,12 +220,21 @@ def _attributor(cfg: Config, probes: list) -> Attributor | None:
     return attributor
 
 
-def _sinks(cfg: Config, sampler: Sampler) -> list[Sink]:
+def _store(cfg: Config) -> state.Store | None:
+    """The state file, locked for this process; None when persistence is off."""
+    try:
+        return state.Store.open(cfg.state.path, machine=state.machine_id())
+    except state.StateRefused as e:
+        if e.config:
+            raise cfg.error(ConfigError(str(e))) from None
+        raise
+
+
+def _sinks(cfg: Config, sampler: Sampler, store: state.Store | None) -> list[Sink]:
     """The sinks besides the endpoint, in start order: the checkpoints (restoring the state
     file into the sampler first), the emissions log, OTLP, the Pushgateway. An OTLP export
     that cannot be set up is reported, and the exporter goes on without it."""
     out: list[Sink] = []
-    store = state.Store.open(cfg.state.path)
     if store is not None:
         from carbonmeter.sinks.checkpoint import Checkpointer
 
@@ -257,8 +268,14 @@ def _sinks(cfg: Config, sampler: Sampler) -> list[Sink]:
 def serve(cfg: Config) -> int:
     """Build, start, wait for SIGTERM or SIGINT, stop. The caller has blocked both signals
     (before any thread started, so every thread inherits the mask)."""
+    from carbonmeter.server.http import raise_open_files_limit
+
+    raise_open_files_limit()  # connections, probes and checkpoints share the descriptors
     try:
         app = build(cfg)
+    except state.StateRefused as e:
+        log.error("%s", e)
+        return 1
     except OSError as e:
         log.error("cannot listen on %s: %s", cfg.server.listen, e.strerror or e)
         return 1

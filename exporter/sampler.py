@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from carbonmeter import state
-from carbonmeter.accounting import Accounting, EnergyDelta
+from carbonmeter.accounting import Accounting, EnergyDelta, Refused
 from carbonmeter.carbon.intensity import Intensity, IntensitySource
 from carbonmeter.embodied import Embodied
 from carbonmeter.guard import GuardedProbe
@@ -135,14 +135,20 @@ class Sampler:
                     self._fail(name, f"{type(e).__name__}: {e}", count=1)
                     continue
                 result: ProbeRead = outcome.value
+                errors = list(result.errors)
+                good = 0
                 for reading in result.readings:
-                    delta = self.accounting.add(reading, outcome.t, intensity, outcome.wall)
+                    try:
+                        delta = self.accounting.add(reading, outcome.t, intensity, outcome.wall)
+                    except Refused as e:  # not read: the last good reading stays the baseline
+                        errors.append(f"{name} {reading.device.id}: {e}")
+                        continue
+                    good += 1
                     if delta is not None:
                         deltas.append(delta)
                     read_now.add(reading.device.id)
-                if result.errors:
-                    self._fail(name, "; ".join(result.errors), count=len(result.errors),
-                               up=bool(result.readings))
+                if errors:
+                    self._fail(name, "; ".join(errors), count=len(errors), up=good > 0)
                 else:
                     self._recovered(name)
             for device_id in self._seen - read_now:
@@ -200,8 +206,15 @@ class Sampler:
         """Sample every `interval` seconds until close(); late samples are not bunched.
         `first_now=False` waits one interval first (the caller has just sampled)."""
         deadline = time.monotonic() + (0.0 if first_now else self.interval)
+        failed = ""
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
-            self.sample()
+            try:
+                self.sample()
+                failed = ""
+            except Exception as e:  # a bug must cost a sample, never the loop (/healthz
+                if repr(e) != failed:  # turns 503 while it lasts: no sample finishes)
+                    log.exception("sampler: a sample failed")
+                failed = repr(e)
             deadline += self.interval
             now = time.monotonic()
             if deadline < now:  # fell behind (a stopped process): skip, don't catch up

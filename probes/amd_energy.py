@@ -11,7 +11,11 @@ registers it accumulates them into 64 bits in a kernel thread, so the value does
 practice. On the others it reports the register masked to 32 bits without accumulating, so
 the value wraps at 2**32 energy units: 65,536 J at the 2**-16 J unit every Zen part reports
 (about 4 minutes at 280 W). A counter seen above that range is therefore 64-bit; until one
-is, the probe declares the 32-bit wrap so the exporter's accounting unwraps it.
+is, the probe declares the 32-bit wrap so the exporter's accounting unwraps it. The width
+is judged again at every read: one value above the range (a 64-bit counter passing it, or a
+bad read) makes the next reading a 64-bit counter's, and a value within it a 32-bit one's;
+a change of width is a change of counter, which the accounting takes as a reset, so a
+single bad value never counts as energy nor leaves a 32-bit counter unwrapped.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from carbonmeter.probes.base import (
@@ -33,6 +38,7 @@ from carbonmeter.probes.base import (
 )
 from carbonmeter.probes.cpu_model import read_cpuinfo
 from carbonmeter.probes.hwmon import Sensor, read_value, scan
+from carbonmeter.probes.raw import BadValue
 
 CHIP = "amd_energy"
 _SOCKET = re.compile(r"Esocket(\d+)")
@@ -68,9 +74,8 @@ class AmdEnergyProbe(Probe):
             except (OSError, ValueError) as e:
                 raise ProbeUnavailable(f"cannot read {s.path}: {_why(e)}") from e
             n = _SOCKET.fullmatch(s.label).group(1)  # type: ignore[union-attr]
-            device = Device(f"package-{n}", "cpu", self.name, name=model or s.label,
-                            wrap_uj=None if value > WRAP_32BIT_UJ else WRAP_32BIT_UJ)
-            self._sockets.append((s, device))
+            device = Device(f"package-{n}", "cpu", self.name, name=model or s.label)
+            self._sockets.append((s, _width(device, s, value)))
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -96,8 +101,8 @@ class AmdEnergyProbe(Probe):
             except (OSError, ValueError) as e:
                 errors.append(f"amd_energy {d.id}: cannot read {s.path}: {_why(e)}")
                 continue
-            if d.wrap_uj is not None and value > WRAP_32BIT_UJ:  # accumulated after all
-                d = Device(d.id, d.kind, d.source, d.name, wrap_uj=None)
+            if (d.wrap_uj is None) != (value > WRAP_32BIT_UJ):  # see the module's docstring
+                d = _width(d, s, value)
                 self._sockets[i] = (s, d)
             readings.append(Reading(d, counter_uj=value))
         return ProbeRead(readings, errors)
@@ -106,7 +111,16 @@ class AmdEnergyProbe(Probe):
         pass
 
 
+def _width(d: Device, s: Sensor, value: int) -> Device:
+    """`d` as a 64-bit counter when `value` is above the 32-bit range, else a 32-bit one."""
+    wide = value > WRAP_32BIT_UJ
+    return replace(d, wrap_uj=None if wide else WRAP_32BIT_UJ,
+                   identity=f"{s.path} {'64' if wide else '32'}-bit")
+
+
 def _why(e: Exception) -> str:
+    if isinstance(e, BadValue):
+        return f"not a believable value: {e}"
     if isinstance(e, OSError) and e.errno == errno.ENODEV:
         return "the socket's CPUs are offline"
     if isinstance(e, ValueError):

@@ -38,6 +38,7 @@ from carbonmeter.probes.base import (
     Reading,
     limits,
 )
+from carbonmeter.probes.raw import S64_MAX, BadValue, decimal
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,10 @@ def scan(sysfs: Path) -> list[Sensor]:
 
 
 def read_value(path: Path) -> int:
-    """µW or µJ, as the kernel renders it; OSError or ValueError when it cannot."""
+    """µW or µJ, as the kernel renders it (a long, or a long long); OSError, or ValueError
+    (BadValue for what is not a decimal integer in range) when it cannot."""
     with open(path, "rb", buffering=0) as f:
-        return int(f.read(64))
+        return decimal(f.read(32), S64_MAX)
 
 
 def classify(key: str, *, include: Iterable[str] = (), exclude: Iterable[str] = (),
@@ -246,6 +248,8 @@ def _match(key: str, patterns: Iterable[str]) -> bool:
 
 
 def _why(e: Exception) -> str:
+    if isinstance(e, BadValue):
+        return f"not a believable value: {e}"
     if isinstance(e, ValueError):
         return "not a number (sensor gone?)"
     return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)

@@ -136,7 +136,7 @@ def _last(text: str) -> str:
 class IpmiConfig:
     """Section `ipmi`: `ipmitool dcmi power reading`, locally or against a remote BMC."""
 
-    command: str
+    command: str = field(**limits(check="path"))
     args: list[str]
     timeout_seconds: float = field(**limits(min=0.5, max=120))
 

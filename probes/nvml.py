@@ -85,6 +85,14 @@ _REASONS = {
 _HIDE_ALL = ("", "-1", "NoDevFiles")
 
 
+def _unsigned(value: object, bits: int, what: str) -> int:
+    """An integer as NVML's C API returns it (unsigned long long energy, unsigned int power);
+    ValueError for anything else, which a broken library or binding could hand back."""
+    if type(value) is not int or not 0 <= value < 2**bits:
+        raise ValueError(f"NVML returned {value!r} as its {what}, not a {bits}-bit count")
+    return value
+
+
 def describe_error(err: Exception) -> str:
     """One line for an NVML error, saying what to do about it where that is known."""
     code = getattr(err, "value", None)
@@ -198,7 +206,8 @@ class NvmlProbe(Probe):
             if mode is None:
                 continue
             device = Device(id=gpu.id, kind="gpu", source="nvml", name=gpu.name, uid=gpu.uuid,
-                            identity=f"{gpu.uuid} driver {driver}")
+                            identity=f"{gpu.uuid} driver {driver}",
+                            max_power_w=self._max_power_w(gpu))
             self.uuids[device.id] = gpu.uuid
             self.modes[device.id] = mode
             self._active.append((device, gpu.handle, gpu.uuid, mode == MODE_COUNTER))
@@ -240,6 +249,16 @@ class NvmlProbe(Probe):
         except nvml.NVMLError as err:
             self._skip(gpu, describe_error(err))
         return None
+
+    def _max_power_w(self, gpu: _Gpu) -> float | None:
+        """Twice the highest power limit the board allows, as the bound of what it can draw
+        (a GPU may exceed its limit briefly, never twice over); None where NVML has none."""
+        nvml = self._nvml
+        try:
+            _, top_mw = nvml.nvmlDeviceGetPowerManagementLimitConstraints(gpu.handle)
+        except (AttributeError, nvml.NVMLError):
+            return None
+        return 2 * top_mw / 1000 if isinstance(top_mw, int) and top_mw > 0 else None
 
     def _skip(self, gpu: _Gpu, reason: str) -> None:
         who = f"{gpu.uuid} ({gpu.name})" if gpu.uuid else "(unreadable)"
@@ -353,11 +372,15 @@ class NvmlProbe(Probe):
         for device, handle, uuid, counter in self._active:
             try:
                 if counter:
-                    readings.append(Reading(device, counter_uj=int(energy(handle)) * 1000))
+                    mj = _unsigned(energy(handle), 64, "total energy (mJ)")
+                    readings.append(Reading(device, counter_uj=mj * 1000))
                 else:
-                    readings.append(Reading(device, power_w=power(handle) / 1000.0))
+                    mw = _unsigned(power(handle), 32, "power usage (mW)")
+                    readings.append(Reading(device, power_w=mw / 1000.0))
             except nvml.NVMLError as err:
                 errors.append(f"{device.id} ({uuid}): {describe_error(err)}")
+            except ValueError as err:
+                errors.append(f"{device.id} ({uuid}): {err}")
         return ProbeRead(readings, errors)
 
     def close(self) -> None:

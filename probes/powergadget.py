@@ -65,7 +65,7 @@ def parse_log(text: str) -> tuple[list[str], dict[str, float]]:
     summary: dict[str, float] = {}
     for line in text.splitlines():
         m = _SUMMARY.match(line.strip())
-        if m:
+        if m and _joules(m.group(3)) is not None:
             summary[_device_id(m.group(1), m.group(2))] = float(m.group(3))
         elif _HEADER_MARK in line:
             columns = _columns(line)
@@ -239,14 +239,28 @@ def _columns(header: str) -> dict[int, str]:
     return out
 
 
+# A cumulative energy beyond this (a 1 kW package running 30 years) is not a measurement.
+MAX_JOULES = 1e12
+
+
+def _joules(text: str) -> float | None:
+    """A cumulative energy cell: a finite number of joules from 0 to MAX_JOULES, else None
+    ("nan", "inf", "-3" and "1e308" parse as floats but were never measured)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_JOULES else None  # false for nan too
+
+
 def _row(line: str, columns: dict[int, str]) -> dict[str, float]:
     cells = line.split(",")
     out = {}
     for i, device_id in columns.items():
-        try:
-            out[device_id] = float(cells[i])
-        except (IndexError, ValueError):  # a summary line, or a row cut short
+        value = _joules(cells[i]) if i < len(cells) else None
+        if value is None:  # a summary line, a row cut short, or a value never measured
             return {}
+        out[device_id] = value
     return out
 
 
@@ -264,8 +278,8 @@ def _device(device_id: str) -> Device:
 class PowergadgetConfig:
     """Section `powergadget` (Intel Power Gadget on Windows and Intel Macs)."""
 
-    command: str | None  # None: the installer's default place
-    log: str | None  # a PowerLog CSV to follow instead of running PowerLog
+    command: str | None = field(**limits(check="path"))  # None: the installer's default
+    log: str | None = field(**limits(check="path"))  # a PowerLog CSV to follow instead
     resolution_ms: float = field(**limits(min=50, max=60_000))
 
 

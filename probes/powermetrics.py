@@ -19,6 +19,7 @@ allow it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import shutil
@@ -45,6 +46,10 @@ SAMPLERS = "cpu_power,gpu_power,ane_power"
 SUDOERS_LINE = "%admin ALL=(root) NOPASSWD: /usr/bin/powermetrics"
 _END = b"</plist>"
 _STARTUP_S = 0.3  # long enough for sudo or powermetrics to refuse, short enough to start fast
+# A whole M2 Ultra draws about 300 W: a component's mean above 1 kW, or a sample longer than
+# an hour (the probe asks for one every interval), is not a measurement.
+MAX_COMPONENT_W = 1000.0
+MAX_ELAPSED_S = 3600.0
 _COMPONENTS = {  # key in the plist -> device
     "cpu": Device("cpu", "cpu", "powermetrics", name="Apple Silicon CPU clusters"),
     "gpu": Device("gpu", "gpu", "powermetrics", name="Apple Silicon GPU"),
@@ -84,10 +89,14 @@ def parse_samples(docs: list[bytes]) -> tuple[list[dict[str, Any]], list[str]]:
 
 def sample_energy_mj(sample: dict[str, Any]) -> dict[str, float]:
     """Energy per component during one sample, in mJ: mean power × elapsed where the sample
-    gives power (macOS 13+), else the energy it gives (macOS 12)."""
+    gives power (macOS 13+), else the energy it gives (macOS 12). ValueError for a sample
+    whose numbers no Mac could measure (negative, not finite, beyond MAX_COMPONENT_W)."""
     proc = sample.get("processor") or {}
     gpu = sample.get("gpu") or {}
-    elapsed_s = (sample.get("elapsed_ns") or 0) / 1e9
+    elapsed_ns = sample.get("elapsed_ns") or 0
+    if not _number(elapsed_ns) or not 0 <= elapsed_ns <= MAX_ELAPSED_S * 1e9:
+        raise ValueError(f"elapsed_ns {elapsed_ns!r} is not a sample's duration")
+    elapsed_s = elapsed_ns / 1e9
     out: dict[str, float] = {}
     for comp in ("cpu", "gpu", "ane", "dram"):
         power = proc.get(f"{comp}_power")
@@ -97,6 +106,10 @@ def sample_energy_mj(sample: dict[str, Any]) -> dict[str, float]:
             out[comp] = float(proc[f"{comp}_energy"])
         elif comp == "gpu" and _number(gpu.get("gpu_energy")):
             out[comp] = float(gpu["gpu_energy"])
+    limit_mj = MAX_COMPONENT_W * 1000 * (elapsed_s or MAX_ELAPSED_S)
+    for comp, mj in out.items():
+        if not (math.isfinite(mj) and 0 <= mj <= limit_mj):
+            raise ValueError(f"{comp}: {mj!r} mJ in {elapsed_s:g} s is not a measurement")
     return out
 
 
@@ -148,7 +161,12 @@ class PowermetricsProbe(Probe):
         docs, self._buffer = split_samples(self._buffer)
         samples, errors = parse_samples(docs)
         for sample in samples:
-            for comp, mj in sample_energy_mj(sample).items():
+            try:
+                energy = sample_energy_mj(sample)
+            except ValueError as e:  # counted as nothing: the next sample goes on from here
+                errors.append(f"powermetrics: skipped a sample: {e}")
+                continue
+            for comp, mj in energy.items():
                 self._totals_mj[comp] = self._totals_mj.get(comp, 0.0) + mj
         if ended:
             errors.append(f"powermetrics: {self._stopped()}; starting it again")
@@ -230,7 +248,7 @@ def _number(value: object) -> bool:
 class PowermetricsConfig:
     """Section `powermetrics` (Apple Silicon)."""
 
-    command: str
+    command: str = field(**limits(check="path"))
     interval_ms: float | None = field(**limits(min=100, max=3_600_000))  # None: the interval
 
 

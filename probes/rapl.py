@@ -5,6 +5,12 @@ Zones are found in ``<sysfs>/class/powercap`` (links into ``devices/virtual/powe
 ``intel-rapl:N:M`` (core, uncore, dram) and the same registers seen through other interfaces
 (``intel-rapl-mmio:N``, ``intel-rapl-tpmi:N``). A probe reports raw counters; the exporter's
 accounting unwraps and integrates them.
+
+What a zone says is checked at every read: ``energy_uj`` must be a decimal integer within
+``max_energy_range_uj`` (read again each time, so a changed range is seen), and the file must
+be the one opened before: a zone re-registered under the same name (driver reload, CPU
+hotplug) is a new counter, with a new identity, which the accounting takes as a reset. Zones
+that appear while the exporter runs are picked up at the next read.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import errno
 import logging
 import os
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from carbonmeter.probes.base import (
@@ -26,6 +33,7 @@ from carbonmeter.probes.base import (
     ProbeUnavailable,
     Reading,
 )
+from carbonmeter.probes.raw import U64_MAX, BadValue, decimal
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,9 @@ _ZONE = re.compile(r"(intel-rapl(?:-[a-z]+)?):(\d+)(?::(\d+))?")  # "intel-rapl"
 _PACKAGE = re.compile(r"package-(\d+)(-die-\d+)?")
 _PRIMARY = "intel-rapl"  # the MSR interface; others duplicate it where both exist
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.ESTALE)
+# Seconds between two looks for zones registered since (a listdir: as long as reading four
+# zones, so not at every read).
+PICKUP_S = 5.0
 
 
 def _open(path: Path) -> int:
@@ -51,9 +62,11 @@ def _open(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _read_uj(fd: int) -> int:
-    """One syscall per read: sysfs renders the whole value at offset 0."""
-    return int(os.pread(fd, 32, 0))  # ValueError on b"" (a zone removed under an open fd)
+def _read_uj(fd: int, top: int = U64_MAX) -> int:
+    """One syscall per read: sysfs renders the whole value at offset 0. BadValue for what
+    is not a decimal integer up to `top`; ValueError on b"" (a zone removed under an open
+    fd)."""
+    return decimal(os.pread(fd, 32, 0), top)
 
 
 @dataclass(eq=False)
@@ -66,7 +79,9 @@ class _Zone:
     max_range_uj: int
     parent: _Zone | None = None
     device: Device | None = None
-    fd: int | None = None
+    fd: int | None = None  # energy_uj
+    range_fd: int | None = None  # max_energy_range_uj
+    inode: int | None = None  # of energy_uj: another one is another registration of the zone
 
     @property
     def energy_path(self) -> Path:
@@ -81,15 +96,19 @@ class RaplProbe(Probe):
 
     def __init__(self, paths: Paths, *, psys: bool = False) -> None:
         self._base = Path(paths.sysfs) / "class" / "powercap"
+        self._psys = psys
+        self._listed = set(_listdir(self._base))
+        self._looked = time.monotonic()
+        self._unreadable: set[str] = set()  # zones that appeared, could not be read, warned
         zones = _dedupe(self._scan())
         chosen = self._choose(zones, psys)
         if not chosen:
             raise ProbeUnavailable(self._unavailable(zones))
         self._zones = self._open_all(chosen)
-        model = _cpu_model(Path(paths.procfs))
+        self._model = _cpu_model(Path(paths.procfs))
         top_drams = [z for z in self._zones if z.name == "dram" and z.parent is None]
         for z in self._zones:
-            z.device = _device(z, model, top_drams)
+            z.device = _device(z, self._model, top_drams)
         self._devices = tuple(z.device for z in self._zones if z.device)
         kinds = {d.kind for d in self._devices}
         self._covers = frozenset({"cpu", "dram"} if kinds & {"dram", "platform"} else {"cpu"})
@@ -105,11 +124,14 @@ class RaplProbe(Probe):
     def read(self) -> ProbeRead:
         readings: list[Reading] = []
         errors: list[str] = []
+        self._pick_up()
         for z in self._zones:
-            assert z.device is not None
             try:
-                readings.append(Reading(z.device, counter_uj=self._read_zone(z)))
+                value = self._read_zone(z)
+                assert z.device is not None
+                readings.append(Reading(z.device, counter_uj=value))
             except (OSError, ValueError) as e:
+                assert z.device is not None
                 errors.append(f"rapl {z.device.id}: cannot read {z.energy_path}: {_why(e)}")
         return ProbeRead(readings, errors)
 
@@ -119,20 +141,90 @@ class RaplProbe(Probe):
     # -- reading --------------------------------------------------------------------------------
 
     def _read_zone(self, z: _Zone) -> int:
-        """Reuse the open fd; on any failure reopen once, as the zone may have been
-        re-registered (driver reload, CPU hotplug) and the old fd is dead."""
+        """Reuse the open fds; when they fail, reopen once, as the zone may have been
+        re-registered (driver reload, CPU hotplug) and the old fds are dead. A value that
+        cannot be true is an error for this read, whatever the fd."""
         if z.fd is not None:
             try:
-                return _read_uj(z.fd)
+                return self._value(z)
+            except BadValue:
+                raise
             except (OSError, ValueError):
-                os.close(z.fd)
-                z.fd = None
-        return self._open_zone(z)
+                _close_all([z])
+        self._open_zone(z)
+        return self._value(z)
+
+    @staticmethod
+    def _value(z: _Zone) -> int:
+        """energy_uj, within max_energy_range_uj as read now; a new range is a new device
+        (another wrap and identity: the accounting restarts the counter's baseline)."""
+        assert z.fd is not None and z.range_fd is not None
+        top = _read_uj(z.range_fd)
+        if top == 0:
+            raise BadValue("max_energy_range_uj is 0")
+        if top != z.max_range_uj:
+            log.warning("rapl: %s: max_energy_range_uj changed from %d to %d µJ", z.entry,
+                        z.max_range_uj, top)
+            z.max_range_uj = top
+            z.device = _renew(z)
+        return _read_uj(z.fd, top)
 
     @staticmethod
     def _open_zone(z: _Zone) -> int:
+        """Open the zone's files (energy_uj first: that is where permission fails) and read
+        its counter once; a file that is not the one read before is a new registration."""
         z.fd = _open(z.energy_path)
+        z.range_fd = os.open(z.dir / "max_energy_range_uj", os.O_RDONLY | os.O_CLOEXEC)
+        inode = os.fstat(z.fd).st_ino
+        if z.inode is not None and inode != z.inode:
+            log.warning("rapl: %s was registered again (its energy_uj is a new file): a new "
+                        "counter", z.entry)
+        z.inode = inode
+        if z.device is not None:
+            z.device = _renew(z)
         return _read_uj(z.fd)
+
+    # -- zones that appear ----------------------------------------------------------------------
+
+    def _pick_up(self) -> None:
+        """Zones registered since the last look (a CPU brought online, a driver loaded late)
+        join the probe, chosen by the rules discovery uses; otherwise one listdir every
+        PICKUP_S."""
+        now = time.monotonic()
+        if now - self._looked < PICKUP_S:
+            return
+        self._looked = now
+        listed = set(_listdir(self._base))
+        if listed <= self._listed:
+            self._listed = listed
+            return
+        self._listed = listed
+        known = {z.entry for z in self._zones}
+        ids = {d.id for d in self._devices}
+        fresh = [z for z in self._choose(_dedupe(self._scan()), self._psys, quiet=True)
+                 if z.entry not in known]
+        opened = []
+        for z in fresh:
+            try:
+                self._open_zone(z)
+                opened.append(z)
+            except (OSError, ValueError) as e:  # perhaps half registered: try again later
+                _close_all([z])
+                self._listed.discard(z.entry)
+                if z.entry not in self._unreadable:
+                    log.warning("rapl: zone %s appeared but cannot be read: %s", z.entry,
+                                _why(e))
+                self._unreadable.add(z.entry)
+        for z in _drop_die_mirrors(opened):
+            drams = [x for x in [*self._zones, z] if x.name == "dram" and x.parent is None]
+            z.device = _device(z, self._model, drams)
+            if z.device.id in ids:  # another interface of a zone read already
+                _close_all([z])
+                continue
+            log.info("rapl: zone %s appeared: reading it as %s", z.entry, z.device.id)
+            self._zones.append(z)
+            ids.add(z.device.id)
+        self._devices = tuple(z.device for z in self._zones if z.device)
 
     # -- discovery ------------------------------------------------------------------------------
 
@@ -183,14 +275,14 @@ class RaplProbe(Probe):
             raise ProbeUnavailable(f"cannot read any RAPL energy_uj: {failures[0]}")
         return opened
 
-    def _choose(self, zones: list[_Zone], psys: bool) -> list[_Zone]:
+    def _choose(self, zones: list[_Zone], psys: bool, quiet: bool = False) -> list[_Zone]:
         """Containment: core/uncore ⊂ package (never exported); package + dram ⊆ psys."""
         top = [z for z in zones if z.parent is None]
         if psys:
             platform = [z for z in top if z.name == "psys"]
             if platform:
                 return platform[:1]
-            log.warning(
+            log.log(logging.DEBUG if quiet else logging.WARNING,
                 "rapl: psys requested but %s has no psys zone; reporting packages and DRAM instead",
                 self._base,
             )
@@ -224,12 +316,20 @@ class RaplProbe(Probe):
         )
 
 
+def _counter(z: _Zone) -> dict[str, float | str]:
+    """What makes a zone's raw value continue an earlier one: its range (see THE WRAP
+    CONVENTION), name and registration (the inode of its energy_uj)."""
+    return {"wrap_uj": z.max_range_uj * _REGISTER / (_REGISTER - 1),
+            "identity": f"{z.entry} max_energy_range_uj={z.max_range_uj} inode={z.inode}"}
+
+
+def _renew(z: _Zone) -> Device:
+    assert z.device is not None
+    return replace(z.device, **_counter(z))  # type: ignore[arg-type]
+
+
 def _device(z: _Zone, model: str, top_drams: list[_Zone]) -> Device:
-    common = {
-        "wrap_uj": z.max_range_uj * _REGISTER / (_REGISTER - 1),  # see THE WRAP CONVENTION
-        "identity": f"{z.entry} max_energy_range_uj={z.max_range_uj}",
-        "max_power_w": _max_power_w(z.dir),
-    }
+    common = {**_counter(z), "max_power_w": _max_power_w(z.dir)}
     if z.name == "psys":
         return Device("psys", "platform", "rapl", name="psys", **common)
     if z.name == "dram":
@@ -309,12 +409,15 @@ def _peek(z: _Zone) -> int | None:
 
 def _close_all(zones: list[_Zone]) -> None:
     for z in zones:
-        if z.fd is not None:
-            os.close(z.fd)
-            z.fd = None
+        for fd in (z.fd, z.range_fd):
+            if fd is not None:
+                os.close(fd)
+        z.fd = z.range_fd = None
 
 
 def _why(e: Exception) -> str:
+    if isinstance(e, BadValue):
+        return f"not a believable value: {e}"
     if isinstance(e, ValueError) or (isinstance(e, OSError) and e.errno in _GONE):
         return "zone is gone (driver unloaded or CPU offlined?)"
     return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)

@@ -20,10 +20,12 @@ unless configured otherwise. ``urllib`` is imported only when this probe runs.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,12 +56,16 @@ def load_password(env_name: str, file: str | None, environ: dict[str, str] | Non
                   ) -> str | None:
     """The BMC password from `file` (a mounted secret) or environment variable `env_name`."""
     if file:
-        try:
-            with open(file, encoding="utf-8") as f:
-                return f.read().rstrip("\r\n")
-        except OSError as e:
-            raise ProbeUnavailable(f"cannot read redfish.password_file {file}: "
-                                   f"{e.strerror or e}") from e
+        try:  # without blocking, and only a regular file: a FIFO or device never ends
+            fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
+                data = f.read(64 << 10)
+            return data.decode("utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
+            raise ProbeUnavailable(f"cannot read redfish.password_file {file}: {why}") from e
     return (os.environ if environ is None else environ).get(env_name)
 
 
@@ -328,10 +334,10 @@ class RedfishConfig:
     url: str | None = field(**limits(check="base_url"))
     username: str | None
     password_env: str
-    password_file: str | None
+    password_file: str | None = field(**limits(check="path"))
     auth: str = field(**limits(choices=("basic", "session")))
     verify_tls: bool
-    ca_file: str | None
+    ca_file: str | None = field(**limits(check="path"))
     timeout_seconds: float = field(**limits(min=0.5, max=120))
     chassis: list[str]
 

@@ -35,8 +35,8 @@ def test_counter_totals_across_many_wraps_to_the_microjoule():
     assert math.floor((2**32 - 1) * unit) == 262143328850
     ticks, true_uj, t = 123456, 0.0, 0.0
     acc.add(Reading(dev, counter_uj=math.floor((ticks % 2**32) * unit)), t, C)
-    for step in range(200):  # 200 steps of ~0.8 of a wrap each: ~160 wraps
-        t += 1.0
+    for step in range(200):  # 200 steps of ~0.8 of a wrap each: ~160 wraps, at ~207 W
+        t += 1000.0
         add = 3_400_000_000 + step * 997
         ticks += add
         true_uj += add * unit

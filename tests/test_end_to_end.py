@@ -20,7 +20,7 @@ import pytest
 
 from carbonmeter.carbon.regions import find_region
 from tests.fakes.fake_nvml import FakeGpu, write_state
-from tests.fixtures.powercap import one_socket, two_sockets_with_dram
+from tests.fixtures.powercap import FAST_FORWARD_UW, one_socket, two_sockets_with_dram
 from tests.helpers import (
     fake_executable,
     free_port,
@@ -64,7 +64,7 @@ def value(url: str, expr: str) -> float:
 
 
 def test_serve_on_fixtures_scraped_by_prometheus(tmp_path):
-    tree = two_sockets_with_dram(tmp_path / "sys")
+    tree = two_sockets_with_dram(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)
     # Start package-0 near the top of its range so the run crosses a wrap.
     tree.advance("intel-rapl:0", 262_000)
     state = tmp_path / "nvml.json"

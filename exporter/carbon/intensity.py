@@ -7,12 +7,16 @@ tables, a schedule, a live grid API — is decided above it (`carbonmeter.carbon
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 WORLD_AVERAGE_G_PER_KWH = 475.0  # IEA, Global Energy & CO2 Status Report 2019
 WORLD_AVERAGE_SOURCE = "IEA Global Energy & CO2 Status Report 2019, world average"
 J_PER_KWH = 3.6e6
+# No grid emits more (coal plants run about 1,000 g/kWh): a larger figure is a unit mistake
+# or a broken source. The configuration refuses the same.
+MAX_G_PER_KWH = 5000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,15 @@ class Intensity:
     # "average": the grid's mean emissions per kWh (every bundled table, most APIs);
     # "marginal": what one more kWh emits now (WattTime's MOER). Not interchangeable.
     signal: str = "average"
+
+
+def unbelievable(g_per_kwh: object) -> str | None:
+    """Why `g_per_kwh` cannot price energy (not a finite number from 0 to MAX_G_PER_KWH),
+    or None. Live figures are checked with it after any unit conversion."""
+    if type(g_per_kwh) not in (int, float) or not math.isfinite(g_per_kwh) \
+            or not 0 <= g_per_kwh <= MAX_G_PER_KWH:  # type: ignore[operator]
+        return f"{g_per_kwh!r} gCO2eq/kWh is outside 0 to {MAX_G_PER_KWH:g}"
+    return None
 
 
 class IntensitySource(Protocol):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from carbonmeter.config.schema import Config, ProviderConfig
 
 DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+PATH_MAX = 4096  # Linux's, terminating NUL included
+NAME_MAX = 255  # bytes in one path component
+HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 def check_value(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) -> Any:
@@ -98,6 +102,8 @@ def check_value(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any
         if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
             raise ConfigError(f"{where}: must be a non-empty string, got {_show(value)}")
         value = str(value)
+        if "\x00" in value:  # YAML's "\0" escape: no path, name or URL holds one
+            raise ConfigError(f"{where}: {_show(value)} contains a NUL byte")
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{where}: '{value}' is not one of {', '.join(meta['choices'])}")
         check = meta.get("check")
@@ -109,8 +115,10 @@ def check_value(where: str, value: Any, hint: Any, meta: typing.Mapping[str, Any
             raise ConfigError(f"{where}: '{value}' must be the BMC's base URL, "
                               "https://HOST[:PORT] (http:// also works)")
         elif check == "file" and not os.path.isfile(value):  # False, not OSError, for a
-            # name too long for the filesystem or one with a NUL byte
-            raise ConfigError(f"{where}: '{value}' is not a readable file")
+            # name too long for the filesystem; a device or FIFO is no file either
+            raise ConfigError(f"{where}: {_show_path(value)} is not a readable file")
+        elif check == "path":
+            check_path(value, where)
         elif check == "timezone":
             check_timezone(value, where)
         elif check == "device_id" and not DEVICE_ID.fullmatch(value):
@@ -140,6 +148,27 @@ def check_mapping(where: str, value: Any, cls: type) -> Any:
             raise ConfigError(f"{where}: missing key '{f.name}' (required: "
                               f"{', '.join(required)})")
     return cls(**out)
+
+
+def check_path(value: str, where: str) -> None:
+    """A name the filesystem can take: at most PATH_MAX bytes, each component at most
+    NAME_MAX (ENAMETOOLONG otherwise, in whatever opens it, long after start)."""
+    try:
+        raw = os.fsencode(value)
+    except UnicodeEncodeError:
+        raise ConfigError(f"{where}: {_show_path(value)} cannot be encoded as a file "
+                          "name") from None
+    if len(raw) >= PATH_MAX:
+        raise ConfigError(f"{where}: a path of {len(raw)} bytes; at most {PATH_MAX - 1} "
+                          f"({_show_path(value)})")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise ConfigError(f"{where}: a name of {len(longest)} bytes in "
+                          f"{_show_path(value)}; at most {NAME_MAX} in each part of a path")
+
+
+def _show_path(value: str) -> str:
+    return repr(value) if len(value) <= 80 else repr(value[:60]) + f"… ({len(value)} characters)"
 
 
 def check_timezone(name: str, where: str) -> None:
@@ -185,12 +214,25 @@ def check_url(value: str, where: str) -> None:
 
 
 def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:
-    """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port)."""
+    """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port). HOST is an IP address or an
+    ASCII host name (the resolver takes nothing else: no NUL, no non-ASCII letters)."""
     host, sep, port = value.rpartition(":")
+    usage = ("must be HOST:PORT with a port from 0 to 65535 (for example 0.0.0.0:29100 or "
+             "[::1]:29100)")
     if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{where}: '{value}' must be HOST:PORT with a port from 0 to 65535 "
-                          "(for example 0.0.0.0:29100 or [::1]:29100)")
-    host = host.strip("[]") or "0.0.0.0"
+        raise ConfigError(f"{where}: {_show_path(value)} {usage}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not host:
+        return "0.0.0.0", int(port)
+    try:
+        if bracketed or ":" in host:
+            ipaddress.IPv6Address(host)
+        elif not (len(host) <= 253 and host.isascii() and HOSTNAME.fullmatch(host)):
+            raise ValueError(host)
+    except ValueError:
+        raise ConfigError(f"{where}: {_show_path(value)}: the host must be an IP address or "
+                          f"an ASCII host name; {usage}") from None
     return host, int(port)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carbonmeter import probes
+from carbonmeter.carbon.intensity import MAX_G_PER_KWH as GRID_MAX
 from carbonmeter.config.errors import ConfigError
 from carbonmeter.probes.base import limits
 from carbonmeter.units import UNITS
@@ -30,7 +31,7 @@ SECRET = "<hidden>"  # what `config check` prints for passwords and header value
 CLOUD_PROVIDERS = ("aws", "azure", "gcp")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
 PROVIDER_TYPES = ("electricitymaps", "watttime", "carbonintensity_uk", "http", "file")
-MAX_G_PER_KWH = 5000  # well above any grid; a larger number is a unit mistake
+MAX_G_PER_KWH = GRID_MAX  # well above any grid; a larger number is a unit mistake
 ATTRIBUTION_LEVELS = ("none", "pod", "container", "process")
 
 
@@ -39,7 +40,7 @@ class ServerConfig:
     """Section `server`: the HTTP endpoint."""
 
     listen: str = field(**limits(check="listen"))
-    web_config_file: str | None
+    web_config_file: str | None = field(**limits(check="path"))
     healthz_auth: bool
 
 
@@ -55,7 +56,7 @@ class SamplerConfig:
 class StateConfig:
     """Section `state`: the file that keeps totals across restarts; None: none."""
 
-    path: str | None
+    path: str | None = field(**limits(check="path"))
     checkpoint_seconds: float = field(**limits(min=0.1, max=86_400))
 
 
@@ -70,8 +71,8 @@ class LogConfig:
 class PathsConfig:
     """Section `paths`: the kernel filesystems' roots, so a container can read the host's."""
 
-    sysfs: str
-    procfs: str
+    sysfs: str = field(**limits(check="path"))
+    procfs: str = field(**limits(check="path"))
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,11 @@ class ProviderConfig:
     url: str | None = None
     json_path: str | None = None
     unit: str | None = field(default=None, **limits(choices=UNITS))
-    path: str | None = None
+    path: str | None = field(default=None, **limits(check="path"))
     headers: dict[str, str] = field(default_factory=dict)
     username: str | None = None
     secret_env: str | None = None
-    secret_file: str | None = None
+    secret_file: str | None = field(default=None, **limits(check="path"))
     refresh_seconds: float | None = field(default=None, **limits(min=0.05, max=86_400))
     timeout_seconds: float = field(default=10.0, **limits(min=0.05, max=300))
     staleness_seconds: float = field(default=3600.0, **limits(min=0.1, max=30 * 86_400))
@@ -174,7 +175,7 @@ class PushgatewayConfig:
 class EmissionsLogConfig:
     """Section `emissions_log`: one row per interval, run or task."""
 
-    path: str | None
+    path: str | None = field(**limits(check="path"))
     format: str = field(**limits(choices=("csv", "jsonl")))
     project_name: str
 
@@ -205,12 +206,12 @@ class AttributionConfig:
                                                    max=100_000))
     top_n: int = field(**limits(min=1, max=100_000))
     min_energy_joules: float = field(**limits(min=0, max=1e12))
-    cgroupfs: str | None
+    cgroupfs: str | None = field(**limits(check="path"))
     kubelet_url: str | None
-    kubelet_token_file: str
-    kubelet_ca_file: str | None
+    kubelet_token_file: str = field(**limits(check="path"))
+    kubelet_ca_file: str | None = field(**limits(check="path"))
     kubelet_insecure_tls: bool
-    downward_api_dir: str | None
+    downward_api_dir: str | None = field(**limits(check="path"))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ that names the file and, where PyYAML knows it, the line and column.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,47 @@ MAX_NODES = 10_000  # values in the document with every alias expanded
 def read_yaml(path: Path) -> Any:
     """A YAML file's content: at most 1 MiB of UTF-8, parsed with parse_yaml's limits."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(f"{path}: {size} bytes; a configuration may be at most 1 MiB")
-        text = path.read_text("utf-8")
+        data = read_file(path, MAX_FILE_BYTES)
+        text = data.decode("utf-8")
+    except ValueError as e:  # the limit: more than a configuration holds
+        raise ConfigError(f"{path}: {e}; a configuration may be at most 1 MiB") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     return parse_yaml(text, str(path))
+
+
+def read_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file, at most `limit` of them (ValueError beyond). Opened
+    without blocking and checked once open, so a FIFO (which would block) or a device
+    (/dev/zero never ends) given as a file is an OSError naming what it is; the limit is
+    on what is read, not on st_size, which /proc files report as 0."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise ValueError(f"more than {limit} bytes")
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def read_mapping(path: Path) -> dict[str, Any]:

@@ -21,9 +21,12 @@ bcrypt is imported only when basic_auth_users is set.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import os
 import ssl
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,10 +194,13 @@ class BasicAuth:
 
     bcrypt is slow on purpose (tens to hundreds of ms); a verified header is remembered
     (as a salted digest, never the password) so a scraper pays it once, and `check` runs
-    off the event loop. An unknown user costs the same as a wrong password, so timing
-    does not tell which users exist."""
+    off the event loop. A header that failed is remembered too, for FAILED_TTL_S, so
+    repeating a wrong password costs no bcrypt. An unknown user costs the same as a wrong
+    password, so timing does not tell which users exist."""
 
     MAX_CACHED = 256
+    MAX_FAILED = 4096
+    FAILED_TTL_S = 60.0
 
     def __init__(self, users: dict[str, bytes]) -> None:
         import bcrypt
@@ -204,13 +210,34 @@ class BasicAuth:
         self._dummy = next(iter(users.values()))
         self._salt = os.urandom(16)
         self._verified: set[bytes] = set()
+        self._failed: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self._lock = threading.Lock()  # check() runs on several threads
 
     def _digest(self, header: str) -> bytes:
         return hashlib.sha256(self._salt + header.encode("utf-8", "surrogateescape")).digest()
 
-    def cached(self, header: str | None) -> bool:
-        """True when this exact header was verified before (cheap, on the event loop)."""
-        return header is not None and self._digest(header) in self._verified
+    def cached(self, header: str | None) -> bool | None:
+        """True when this exact header was verified before, False when it failed within
+        FAILED_TTL_S, None when bcrypt must tell (cheap, on the event loop)."""
+        if header is None:
+            return False
+        digest = self._digest(header)
+        if digest in self._verified:
+            return True
+        failed = self._failed.get(digest)
+        if failed is not None and time.monotonic() - failed < self.FAILED_TTL_S:
+            return False
+        return None
+
+    def _refused(self, header: str) -> bool:
+        """Remember that `header` failed (a bounded table, oldest forgotten first)."""
+        digest = self._digest(header)
+        with self._lock:
+            self._failed.pop(digest, None)
+            self._failed[digest] = time.monotonic()
+            while len(self._failed) > self.MAX_FAILED:
+                self._failed.popitem(last=False)
+        return False
 
     def check(self, header: str | None) -> bool:
         """Verify a header with bcrypt (slow: call it off the event loop)."""
@@ -223,15 +250,16 @@ class BasicAuth:
             user, sep, password = base64.b64decode(token.strip(), validate=True).decode(
                 "utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
-            return False
+            return self._refused(header)
         hashed = self._users.get(user)
         try:
             ok = self._bcrypt.checkpw(password.encode(), hashed or self._dummy)
         except ValueError:  # longer than bcrypt's 72 bytes, or a damaged hash
             ok = False
         if not (ok and sep and hashed is not None):
-            return False
-        if len(self._verified) >= self.MAX_CACHED:
-            self._verified.clear()
-        self._verified.add(self._digest(header))
+            return self._refused(header)
+        with self._lock:
+            if len(self._verified) >= self.MAX_CACHED:
+                self._verified.clear()
+            self._verified.add(self._digest(header))
         return True

@@ -35,6 +35,7 @@ class Checkpointer(Periodic):
 
     def final(self) -> None:
         self.store.save(self.boot, self.export())
+        self.store.close()  # the last checkpoint is written: the file is free for the next
 
     def close(self, timeout: float = 30.0) -> None:
         super().close(timeout)

@@ -21,7 +21,7 @@ import pytest
 
 from carbonmeter.carbon.regions import find_region
 from tests.fakes.grid_apis import EM_TOKEN, WT_PASSWORD, WT_USER, GridApis, Reply
-from tests.fixtures.powercap import one_socket
+from tests.fixtures.powercap import FAST_FORWARD_UW, one_socket
 from tests.helpers import http_get, require, wait_for
 from tests.test_end_to_end import metrics, start_serve, stop
 
@@ -42,7 +42,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def test_emissions_are_the_sum_of_each_intervals_energy_times_its_intensity(tmp_path):
-    tree = one_socket(tmp_path / "sys")
+    tree = one_socket(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)
     ci = tmp_path / "intensity.txt"
     write_atomically(ci, "100")
     proc, target = start_serve(tmp_path, f"""

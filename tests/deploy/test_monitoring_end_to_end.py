@@ -46,7 +46,7 @@ from tests.deploy.shipped import (
     panels,
     rules,
 )
-from tests.fixtures.powercap import two_sockets_with_dram
+from tests.fixtures.powercap import FAST_FORWARD_UW, two_sockets_with_dram
 from tests.helpers import free_port, http_get, prom_query, prometheus, wait_for
 from tests.test_end_to_end import start_serve, stop
 
@@ -239,7 +239,7 @@ def check_dashboards(prom: str) -> None:
 
 
 def test_shipped_rules_and_dashboards_on_a_live_exporter(tmp_path):
-    tree = two_sockets_with_dram(tmp_path / "sys")
+    tree = two_sockets_with_dram(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)
     proc, target = start_serve(tmp_path, f"paths: {{sysfs: {tmp_path / 'sys'}}}\n",
                                interval=0.25)
     stand_in = StandIn()

@@ -43,5 +43,6 @@ def test_unit_is_sandboxed(tmp_path):
     assert float(exposure.group(1)) <= 2.5
     text = UNIT.read_text()
     for setting in ("ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes",
-                    "CapabilityBoundingSet=\n", "PrivateTmp=yes", "ReadOnlyPaths="):
+                    "CapabilityBoundingSet=\n", "PrivateTmp=yes", "ReadOnlyPaths=",
+                    "LimitNOFILE=65536"):
         assert setting in text, setting

@@ -99,8 +99,12 @@ class FakeGpu:
         processes: dict[int, int | None] | None = None,
         sm_util: dict[int, int] | None = None,
         process_utilization: bool = True,
+        max_limit_mw: int | None = None,
     ) -> None:
         self.name = name
+        # the highest power limit the board allows (nvmlDeviceGetPowerManagementLimitConstraints'
+        # maxLimit, mW); None: NVML says Not Supported, as on boards without power management
+        self.max_limit_mw = max_limit_mw
         self.uuid = uuid
         self.power_mw = power_mw
         self.energy_counter = energy_counter  # Volta and newer
@@ -149,6 +153,7 @@ class FakeGpu:
             "processes": {str(k): v for k, v in self.processes.items()},
             "sm_util": {str(k): v for k, v in self.sm_util.items()},
             "process_utilization": self.process_utilization,
+            "max_limit_mw": self.max_limit_mw,
         }
 
 
@@ -249,6 +254,12 @@ class FakeNvml:
         if not gpu.power_supported:
             _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return int(gpu.power_mw)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: _Handle) -> list[int]:
+        gpu = self._gpu("nvmlDeviceGetPowerManagementLimitConstraints", handle)
+        if gpu.max_limit_mw is None:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return [min(100_000, gpu.max_limit_mw), gpu.max_limit_mw]  # [minLimit, maxLimit]
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
         gpu = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
@@ -376,6 +387,7 @@ def load_from_env(
             power_supported=entry.get("power_supported", True),
             energy_mj=entry.get("energy_mj", 0),
             permitted=entry.get("permitted", True),
+            max_limit_mw=entry.get("max_limit_mw"),
         )
         if entry.get("error") is not None:
             gpu.fail(entry["error"])

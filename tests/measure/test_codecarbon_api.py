@@ -25,7 +25,7 @@ from carbonmeter.carbon.regions import find_cloud, find_region
 from carbonmeter.config import ConfigError
 from carbonmeter.measure import codecarbon_config
 from carbonmeter.sinks.emissions_log import CODECARBON_COLUMNS
-from tests.fixtures.powercap import one_socket, two_sockets_with_dram
+from tests.fixtures.powercap import FAST_FORWARD_UW, one_socket, two_sockets_with_dram
 from tests.helpers import pushgateway
 
 PKG = "intel-rapl:0"
@@ -39,7 +39,7 @@ def rapl(tmp_path, monkeypatch):
     for k in list(os.environ):
         if k.upper().startswith("CODECARBON_"):
             monkeypatch.delenv(k)
-    tree = one_socket(tmp_path / "sys")
+    tree = one_socket(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)  # time fast-forwarded
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
                    "probes: {disabled: [nvml, ram_model, platform_model]}\n")

@@ -24,7 +24,7 @@ import pytest
 from carbonmeter.carbon.compare import peers
 from carbonmeter.carbon.regions import find_region
 from carbonmeter.measure.summary import SCHEMA
-from tests.fixtures.powercap import two_sockets_with_dram
+from tests.fixtures.powercap import FAST_FORWARD_UW, two_sockets_with_dram
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_json_schema(rapl):
 
 
 def test_text_summary_says_units_sources_scope_and_greener_regions(tmp_path):
-    tree = two_sockets_with_dram(tmp_path / "sys")
+    tree = two_sockets_with_dram(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)
     state = tmp_path / "tree.pickle"
     state.write_bytes(pickle.dumps(tree))
     cfg = tmp_path / "c.yaml"

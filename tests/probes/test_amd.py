@@ -39,11 +39,12 @@ def test_epyc_dies_mirroring_the_socket_count_once(tmp_path: Path) -> None:
         assert p.devices[0].wrap_uj == pytest.approx(
             float((REGISTER - 1) * AMD_UNIT_UJ) * REGISTER / (REGISTER - 1))
         acc = Accounting(1.0)
-        for t, joules in enumerate((0, 30_000, 30_000, 30_000)):  # crosses a 65.5 kJ wrap
+        # crosses a 65.5 kJ wrap, a reading every 2 minutes at 250 W
+        for t, joules in enumerate((0, 30_000, 30_000, 30_000)):
             tree.advance("intel-rapl:0", joules)
             tree.advance("intel-rapl:4", joules / 10)
             for r in p.read().readings:
-                acc.add(r, float(t), INTENSITY)
+                acc.add(r, 120.0 * t, INTENSITY)
         totals = {t.device.id: t.energy_j for t in acc.totals()}
         assert tree.wraps("intel-rapl:0") == 1
         assert totals["package-0"] == pytest.approx(90_000, abs=0.01)  # once, not four times

@@ -87,7 +87,8 @@ def test_one_socket(tmp_path: Path, make) -> None:
     assert probe.devices == (
         Device("package-0", "cpu", "rapl", name="package-0", wrap_uj=wrap_of(tree, "intel-rapl:0"),
                identity=f"intel-rapl:0 max_energy_range_uj="
-                        f"{tree.max_energy_range_uj('intel-rapl:0')}"),
+                        f"{tree.max_energy_range_uj('intel-rapl:0')} "
+                        f"inode={tree.energy_path('intel-rapl:0').stat().st_ino}"),
     )
     assert probe.covers == frozenset({"cpu"})
     assert counters(probe) == {"package-0": tree.energy_uj("intel-rapl:0")}
@@ -147,7 +148,8 @@ def test_psys_only_when_configured(tmp_path: Path, make) -> None:
     assert platform.devices == (
         Device("psys", "platform", "rapl", name="psys", wrap_uj=wrap_of(tree, "intel-rapl:1"),
                identity=f"intel-rapl:1 max_energy_range_uj="
-                        f"{tree.max_energy_range_uj('intel-rapl:1')}"),
+                        f"{tree.max_energy_range_uj('intel-rapl:1')} "
+                        f"inode={tree.energy_path('intel-rapl:1').stat().st_ino}"),
     )
     assert platform.covers == frozenset({"cpu", "dram"})
     tree.advance("intel-rapl:1", 7)
@@ -410,7 +412,8 @@ def test_masked_in_a_container(tmp_path: Path) -> None:
 def test_close_releases_every_fd(tmp_path: Path) -> None:
     before = len(os.listdir("/proc/self/fd"))
     probe = RaplProbe(Paths(sysfs=with_psys(tmp_path).root))
-    assert len(os.listdir("/proc/self/fd")) == before + 2  # package-0, dram-0
+    # package-0 and dram-0, each energy_uj and max_energy_range_uj
+    assert len(os.listdir("/proc/self/fd")) == before + 4
     probe.close()
     probe.close()
     assert len(os.listdir("/proc/self/fd")) == before

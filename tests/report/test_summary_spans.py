@@ -7,7 +7,7 @@ import pytest
 
 from carbonmeter import EmissionsTracker
 from carbonmeter.report.summary import read, summarise
-from tests.fixtures.powercap import one_socket
+from tests.fixtures.powercap import FAST_FORWARD_UW, one_socket
 
 CODECARBON_HEADER = (
     "timestamp,project_name,run_id,experiment_id,duration,emissions,emissions_rate,cpu_power,"
@@ -40,7 +40,7 @@ def test_codecarbons_flushes_count_once_and_its_pue_is_taken_out(tmp_path):
 
 def test_carbonmeters_tracker_rows_with_a_flush_count_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tree = one_socket(tmp_path / "sys")
+    tree = one_socket(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)  # time fast-forwarded
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
                    "probes: {disabled: [nvml, ram_model, platform_model]}\n")

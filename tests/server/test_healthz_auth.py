@@ -33,8 +33,10 @@ def test_healthz_answers_probes_without_credentials_unless_asked_to_keep_auth(tm
     (tmp_path / "open").mkdir()
     (tmp_path / "closed").mkdir()
     base = f"probes: {{disabled: [rapl, nvml, ipmi]}}\nserver:\n  web_config_file: {web}\n"
-    servers = [start_serve(tmp_path / "open", base),
-               start_serve(tmp_path / "closed", base + "  healthz_auth: true\n")]
+    # two exporters at once: each its own state file (one file is one exporter's)
+    servers = [start_serve(tmp_path / name, base + extra,
+                           env={"CARBONMETER_STATE_PATH": str(tmp_path / name / "state.json")})
+               for name, extra in (("open", ""), ("closed", "  healthz_auth: true\n"))]
     (probe,) = shipped_probe_paths()
     try:
         (_, open_), (_, closed) = servers

@@ -26,7 +26,7 @@ from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.probes.base import Device
 from carbonmeter.snapshot import DeviceTotal, ProbeStatus, Snapshot
 from tests.fakes.fake_nvml import FakeGpu, write_state
-from tests.fixtures.powercap import two_sockets_with_dram
+from tests.fixtures.powercap import FAST_FORWARD_UW, two_sockets_with_dram
 from tests.helpers import http_get, self_signed, wait_for
 from tests.otlp_receiver import Receiver
 from tests.test_end_to_end import ROOT, SHIM, metrics, start_serve, stop
@@ -53,7 +53,7 @@ def prometheus_values(target: str) -> dict[tuple[str, str], float]:
 
 def serve_with_otlp(tmp: Path, receiver: Receiver, extra: str = "", *,
                     env: dict[str, str] | None = None, interval: float = 0.2):
-    tree = two_sockets_with_dram(tmp / "sys")
+    tree = two_sockets_with_dram(tmp / "sys", max_power_uw=FAST_FORWARD_UW)
     state = write_state(tmp / "nvml.json", [
         FakeGpu("NVIDIA A100-SXM4-40GB", GPU_UUID, power_mw=0, energy_counter=True)])
     proc, target = start_serve(tmp, f"""

@@ -17,6 +17,7 @@ from carbonmeter import config
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.providers.http import Fetched, ProviderError, json_value, number, parse_path
 from carbonmeter.config import ConfigError
+from carbonmeter.config.yamlfile import read_file
 from carbonmeter.units import to_g_per_kwh
 
 
@@ -40,14 +41,15 @@ class FileProvider:
             st = os.stat(self.path)
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
             if key != self._seen or self._value is None:
-                with open(self.path, "rb") as f:
-                    text = f.read(1 << 20).decode("utf-8")
+                text = read_file(self.path, 1 << 20).decode("utf-8")  # never a FIFO's wait
                 self._value = self._parse(text)
                 self._seen = key
         except OSError as e:
             raise ProviderError(f"{self.path}: {e.strerror or e}") from None
         except UnicodeDecodeError:
             raise ProviderError(f"{self.path}: not UTF-8 text") from None
+        except ValueError as e:
+            raise ProviderError(f"{self.path}: {e}, more than an intensity") from None
         return Fetched(self._value, age_seconds=time.time() - st.st_mtime)
 
     def _parse(self, text: str) -> Intensity:

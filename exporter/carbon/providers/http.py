@@ -21,9 +21,11 @@ from typing import Any
 
 from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.config import ConfigError
+from carbonmeter.config.yamlfile import read_file
 from carbonmeter.version import version
 
 MAX_BODY = 1 << 20  # an intensity is a few hundred bytes; anything past 1 MiB is a mistake
+MAX_SECRET = 64 << 10  # a token or password; a mounted secret file is a few hundred bytes
 MAX_RETRY_AFTER = 86_400.0
 
 
@@ -70,12 +72,13 @@ class Secret:
             return value
         assert self.path is not None
         try:
-            with open(self.path, encoding="utf-8") as f:
-                value = f.read().strip()
+            value = read_file(self.path, MAX_SECRET).decode("utf-8").strip()
         except OSError as e:
             raise ProviderError(f"cannot read {self.path}: {e.strerror or e}") from None
         except UnicodeDecodeError:
             raise ProviderError(f"{self.path} is not UTF-8 text") from None
+        except ValueError as e:  # beyond the limit: no secret is that long
+            raise ProviderError(f"{self.path}: {e}, more than a secret") from None
         if not value:
             raise ProviderError(f"{self.path} is empty")
         return value

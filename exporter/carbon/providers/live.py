@@ -9,13 +9,14 @@ staleness: the first fresh one wins, else the static intensity the configuration
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from carbonmeter.carbon.intensity import Intensity, IntensitySource
+from carbonmeter.carbon.intensity import Intensity, IntensitySource, unbelievable
 from carbonmeter.carbon.providers.http import Fetched, ProviderError, RetryLater
 from carbonmeter.periodic import Periodic
 from carbonmeter.snapshot import ProviderStatus
@@ -83,6 +84,11 @@ class Poller(Periodic):
                                 if isinstance(e, RetryLater) else None)
         except Exception as e:  # a provider bug must not kill its thread
             return self._failed(f"{type(e).__name__}: {e}", None)
+        why = unbelievable(got.intensity.g_per_kwh)
+        if why is None and not math.isfinite(got.age_seconds):
+            why = f"the value's age {got.age_seconds!r} s is not a number of seconds"
+        if why is not None:  # refused like a failed fetch: the last good value stays
+            return self._failed(f"refused {why} ({got.intensity.source})", None)
         self._good = _Good(got.intensity, self.clock(), max(got.age_seconds, 0.0))
         if not self._up:
             log.info("intensity provider %s: %g gCO2eq/kWh for %s%s", self.name,
