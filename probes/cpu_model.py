@@ -109,8 +109,9 @@ def estimate_host(cpu_name: str, *, sockets: int, threads: float, memory_gb: flo
                                        vendor=vendor, generations=generations)
     known = generation in model.generations
     figures = model.figures(generation)
-    if virtual:
-        tdp, case = None, "guest" if known else "guest_default"
+    if virtual:  # the table's TDP is the whole package's: only a configured one counts
+        tdp = tdp_watts
+        case = "tdp" if tdp is not None else "guest" if known else "guest_default"
     else:
         tdp = tdp_watts
         if tdp is None and cpu_name:
@@ -156,12 +157,13 @@ def machine_pricing(machine: Machine) -> Pricing:
 def estimate_machine(machine: Machine, load: float, *, tdp_watts: float | None = None,
                      model: PowerModel | None = None) -> HostEstimate:
     """The estimate that follows from what `machine.detect` found, at utilisation `load` of
-    the CPUs priced (a container's: its own CPU time over its limit)."""
+    the CPUs priced (a container's: its own CPU time over its limit). `tdp_watts`, the user's
+    `cpu.tdp_watts`, prices the cpu part wherever it is set, a guest included."""
     pricing = machine_pricing(machine)
     return estimate_host(
         machine.cpu.name, sockets=machine.cpu.sockets, threads=pricing.threads,
         memory_gb=pricing.memory_gb, load=load, virtual=pricing.share,
-        tdp_watts=None if pricing.share else tdp_watts, model=model,
+        tdp_watts=tdp_watts, model=model,
         generation=machine.generation or "")
 
 

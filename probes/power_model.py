@@ -92,19 +92,19 @@ def _lerp(idle: float, full: float, load: float) -> float:
 
 def host_parts(model: PowerModel, *, figures: Figures, tdp_watts: float | None, sockets: int,
                threads: float, memory_gb: float, load: float, virtual: bool) -> dict[str, float]:
-    """The parts, in W, once the inputs are resolved (`cpu_model.estimate_host_watts` resolves
-    them from a CPU name). `tdp_watts` is the TDP of all sockets, or None; a guest ignores it:
-    a VM's share of a package is not its vCPUs' share of the package's TDP."""
+    """The parts, in W, once the inputs are resolved (`cpu_model.estimate_host` resolves them
+    from a CPU name). `tdp_watts` is the TDP of all sockets, or None. `estimate_host` never
+    passes a table's TDP for a guest (a VM's share of a package is not its vCPUs' share of the
+    package's TDP), only one the user configured."""
     ram = model.ram_w_per_gb * memory_gb
-    if virtual:
+    if tdp_watts is not None:
+        cpu = tdp_watts * _lerp(figures.tdp_idle, figures.tdp_full, load)
+    else:
         cpu = threads * _lerp(figures.thread_idle_w, figures.thread_full_w, load)
+    if virtual:
         platform = threads * _lerp(figures.platform_thread_idle_w,
                                    figures.platform_thread_full_w, load)
     else:
-        if tdp_watts is not None:
-            cpu = tdp_watts * _lerp(figures.tdp_idle, figures.tdp_full, load)
-        else:
-            cpu = threads * _lerp(figures.thread_idle_w, figures.thread_full_w, load)
         platform = sockets * _lerp(model.platform_idle_w, model.platform_full_w, load)
     return {"cpu": cpu, "ram": ram, "platform": platform}
 

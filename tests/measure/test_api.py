@@ -119,7 +119,7 @@ def test_bare_decorator(rapl, monkeypatch, tmp_path):
     tree, cfg = rapl
     monkeypatch.chdir(tmp_path)  # CodeCarbon's decorator writes ./emissions.csv
     monkeypatch.setenv("CARBONMETER_PATHS_SYSFS", str(cfg.parent / "sys"))
-    monkeypatch.setenv("CARBONMETER_PROBES_DISABLED", "[nvml, ram_model]")
+    monkeypatch.setenv("CARBONMETER_PROBES_DISABLED", "[nvml, ram_model, platform_model]")
 
     @track_emissions
     def f() -> int:

@@ -99,6 +99,11 @@ def test_guest_is_priced_by_its_vcpus_and_says_why(tmp_path: Path) -> None:
     assert "machine: guest of unnamed hypervisor (cpuinfo flag 'hypervisor')" in notes
     assert "generation intel-icelake" in notes and "4 vCPUs" in notes
     assert f"± {float(PARAMS['error_guest_idle']) * 100:.0f} % at idle" in notes
+    # a TDP the user configured is used as given, in a guest too
+    told = CpuModelProbe(machine(tmp_path / "told", sockets=1, threads=4, guest=True),
+                         tdp_watts=50)
+    assert told.idle.case == "tdp" and told.devices[0].power_range_w == pytest.approx(
+        (50 * fig("intel-icelake", "tdp_idle"), 50 * fig("intel-icelake", "tdp_full")))
 
 
 def test_container_load_is_its_own_cpu_time_over_its_limit(tmp_path: Path,
