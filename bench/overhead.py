@@ -82,7 +82,8 @@ def main() -> None:
     true = [*carbonmeter(), "run"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, FixtureHost(Path(tmp)) as host:
-        rapl_only = host.config("probes: {disabled: [nvml, cpu_model, ram_model]}\n")
+        rapl_only = host.config(
+            "probes: {disabled: [nvml, cpu_model, ram_model, platform_model]}\n")
         bare = wall(["true"], args.runs, dict(os.environ))
         for label, cfg, env in (
                 ("RAPL counters only (fixture)", rapl_only, host.env()),

@@ -86,6 +86,8 @@ def unavailable(reports: list[ProbeReport]) -> dict[str, str]:
 
 def _device_line(d: Device) -> str:
     how = "declared" if d.source == "declared" else "estimated" if d.estimated else "measured"
+    if d.error is not None:
+        how += f", ± {d.error[0] * 100:.0f} % idle to ± {d.error[1] * 100:.0f} % at full load"
     where = ", the whole host" if d.scope == HOST else ", beside the host" if \
         d.scope == BESIDE else ""
     return f"{d.id} ({d.kind}, {how}{where})"

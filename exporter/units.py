@@ -66,3 +66,11 @@ def duration(seconds: float) -> str:
     m, s = divmod(seconds, 60)
     h, m = divmod(int(m), 60)
     return f"{h}:{m:02d}:{s:04.1f} ({seconds:.1f} s)"
+
+
+def plus_minus(error: float | None) -> str:
+    """An error bar as people read it, in whole percent: `± 14 %`; "" where there is none.
+    The error of an estimate is itself an estimate: more digits would claim what it cannot."""
+    if error is None:
+        return ""
+    return f"± {error * 100:.0f} %" if error >= 0.01 else "± <1 %"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from carbonmeter import snapshot
 from carbonmeter.carbon.intensity import Intensity
-from carbonmeter.probes.base import Device
+from carbonmeter.probes.base import Device, relative_error
 from carbonmeter.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -47,6 +47,12 @@ class DeviceUsage:
     @property
     def estimated(self) -> bool:
         return self.device.estimated
+
+    def relative_error(self, duration_s: float) -> float | None:
+        """The expected relative error of an estimated device's energy over a span of
+        `duration_s`, at the mean power it was spent at; None for a measured device."""
+        return relative_error(self.device,
+                              self.energy_j / duration_s if duration_s > 0 else None)
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,22 @@ class Usage:
     @property
     def estimated_j(self) -> float:
         return sum((d.energy_j for d in self.counted if d.estimated), 0.0)
+
+    @property
+    def estimated_relative_error(self) -> float | None:
+        """The expected relative error of the estimated energy counted in the total: each
+        device's error bar weighted by its energy, added rather than in quadrature (the parts
+        of one estimate err together). None when nothing counted was estimated."""
+        pairs = [(e, d.energy_j) for d in self.counted
+                 if (e := d.relative_error(self.duration_s)) is not None]
+        total = sum(j for _, j in pairs)
+        return sum(e * j for e, j in pairs) / total if total > 0 else None
+
+    @property
+    def energy_relative_error(self) -> float:
+        """The expected relative error of `energy_j`: measured energy has none."""
+        e = self.estimated_relative_error
+        return 0.0 if e is None or self.energy_j <= 0 else e * self.estimated_j / self.energy_j
 
 
 def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usage, ...] = (),

@@ -64,6 +64,26 @@ class Device:
     # The id of the device this one sits in (a RAPL DRAM zone: its package), for
     # OpenTelemetry's hw.parent; topology only: a parent's energy need not include it.
     parent: str = ""
+    # Estimated devices: the expected relative error of the estimate at idle and at full load
+    # (from the model's held-out evaluation), and the device's estimated power at idle and at
+    # full load, so a mean power tells the load it was spent at (`relative_error`). None for
+    # measured devices: they have no error bar.
+    error: tuple[float, float] | None = None
+    power_range_w: tuple[float, float] | None = None
+
+
+def relative_error(device: Device, power_w: float | None) -> float | None:
+    """The expected relative error of an estimated device's figure at a (mean) power: linear
+    in load between its idle and full-load errors; the midpoint for a device whose power does
+    not follow load (RAM) or whose power is unknown. None for a measured device."""
+    if device.error is None:
+        return None
+    idle, full = device.error
+    lo, hi = device.power_range_w or (0.0, 0.0)
+    if power_w is None or hi <= lo:
+        return (idle + full) / 2
+    load = min(1.0, max(0.0, (power_w - lo) / (hi - lo)))
+    return idle + (full - idle) * load
 
 
 @dataclass(frozen=True, slots=True)

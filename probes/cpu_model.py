@@ -1,19 +1,23 @@
-"""Estimated CPU power where no sensor can be read: TDP x a load curve.
+"""Estimated CPU power where no sensor can be read, and the whole-host estimate it is part of.
 
-The curve comes from SPECpower_ssj2008 results of real servers, as summarised by
-Teads Engineering (B. Davy, "Building an AWS EC2 carbon emissions dataset", 2021):
-a package draws 12 % of its TDP idle, 32 % at 10 % load, 75 % at 50 % and 102 % at
-full load. Power rises steeply at low load (cores leave deep C-states and turbo
-up) and flattens after, which a cubic such as TDP x (0.1 + 0.9 load³) misses: that
-one puts 50 % load at 21 % of TDP where servers measure about 75 %.
+The figures are fitted on measured servers (SPECpower_ssj2008 wall power at idle and at full
+load, see `carbonmeter.probes.power_model` and ``config/sources/fit_power.py``): a package of
+known TDP draws the generation's share of it, linear in load between the idle and the full
+figure; a CPU of unknown TDP draws its generation's per-thread figure times its threads; a guest
+draws its vCPUs' share of a host of its generation, never the whole package.
+
+Linear in load, because power measured against the OS's utilisation (RAPL sweeps) rises about
+linearly from idle to full; the curve this module used before (12 % of TDP idle, 32 % at 10 %
+load, 75 % at half load, after a 2021 blog's summary of SPECpower's throughput steps) rose far
+faster than that, and put idle at 12 % of TDP whatever the CPU.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,55 +32,162 @@ from carbonmeter.probes.base import (
     Reading,
     limits,
 )
+from carbonmeter.probes.cpu_generations import cpu_generation as generation_of
+from carbonmeter.probes.cpu_names import lookup_tdp
+from carbonmeter.probes.machine import Machine, detect, read_cpu
+from carbonmeter.probes.power_model import (
+    HostEstimate,
+    PowerModel,
+    bundled_generations,
+    bundled_model,
+    bundled_tdps,
+    host_parts,
+)
 
 log = logging.getLogger(__name__)
 
-# (load, share of TDP): SPECpower_ssj2008 via Teads (2021), linear between points.
-LOAD_CURVE = ((0.0, 0.12), (0.10, 0.32), (0.50, 0.75), (1.00, 1.02))
-DEFAULT_TDP_PER_SOCKET_W = 85.0  # the median desktop/server TDP; used when all else fails
 
+def _check_load(load: float, threads: float | None) -> float:
+    """`load` clamped to 0..1, refusing what no jiffy rounding explains.
 
-def estimate_cpu_watts(tdp_watts: float, load: float, *, threads: int | None = None) -> float:
-    """Estimated package power at a CPU utilisation `load` (0..1) of all logical CPUs.
-
-    `threads` is the number of logical CPUs behind `load`, when the caller knows it.
-    The curve was measured with SMT on, on the OS's own utilisation, so it needs no
-    per-thread correction; `threads` only bounds `load` to what that many CPUs can
-    show: utilisation read as busy/total jiffies can overshoot 1 (or dip below 0)
-    by a jiffy per CPU when /proc/stat is read while counters tick, and such a
-    reading is clamped rather than extrapolated past the measured curve.
+    Utilisation read as busy/total jiffies can overshoot 1 (or dip below 0) by a jiffy per CPU
+    when /proc/stat is read while counters tick; such a reading is clamped rather than
+    extrapolated past the measured figures.
     """
-    if tdp_watts < 0:
-        raise ValueError(f"tdp_watts must be >= 0, got {tdp_watts}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    if not math.isfinite(load):
+        raise ValueError(f"load must be a finite number, got {load}")
+    if threads is not None and threads <= 0:
+        raise ValueError(f"threads must be > 0, got {threads}")
     slack = 0.0 if threads is None else 1.0 / (100 * threads)  # one jiffy per CPU per s
     if not -slack - 1e-9 <= load <= 1.0 + slack + 1e-9 and threads is not None:
         raise ValueError(f"load {load} is outside 0..1 for {threads} threads")
-    load = min(1.0, max(0.0, load))
-    for (x0, y0), (x1, y1) in itertools.pairwise(LOAD_CURVE):
-        if load <= x1:
-            return tdp_watts * (y0 + (y1 - y0) * (load - x0) / (x1 - x0))
-    return tdp_watts * LOAD_CURVE[-1][1]
+    return min(1.0, max(0.0, load))
+
+
+def estimate_cpu_watts(tdp_watts: float, load: float, *, threads: int | None = None,
+                       generation: str | None = None, model: PowerModel | None = None) -> float:
+    """Estimated package power, at the wall, at a CPU utilisation `load` (0..1) of all CPUs.
+
+    `tdp_watts` is the TDP of all packages; `generation` (a `cpu_generations` key) picks that
+    generation's shares of TDP, else the default row's. `threads` is the number of logical CPUs
+    behind `load`, when the caller knows it: it only bounds `load` (see `_check_load`).
+    """
+    if not tdp_watts >= 0:
+        raise ValueError(f"tdp_watts must be >= 0, got {tdp_watts}")
+    load = _check_load(load, threads)
+    f = (model or bundled_model()).figures(generation)
+    return tdp_watts * (f.tdp_idle + (f.tdp_full - f.tdp_idle) * load)
+
+
+def cpu_generation(cpu_name: str, *, cpu_family: int | None = None,
+                   cpu_model: int | None = None, vendor: str = "",
+                   generations: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(generation, what decided it), from the bundled lists unless `generations` is given."""
+    table = bundled_generations() if generations is None else generations
+    return generation_of(cpu_name, table, family=cpu_family, model=cpu_model, vendor=vendor)
+
+
+def estimate_host(cpu_name: str, *, sockets: int, threads: float, memory_gb: float,
+                  load: float, virtual: bool = False, cpu_family: int | None = None,
+                  cpu_model: int | None = None, vendor: str = "",
+                  tdp_watts: float | None = None, model: PowerModel | None = None,
+                  generations: dict[str, str] | None = None,
+                  tdps: dict[str, float] | None = None,
+                  generation: str | None = None) -> HostEstimate:
+    """`estimate_host_watts` with what decided it: the case, the generation's figures, the
+    TDP and the expected error. `tdp_watts` (all sockets) overrides the table's TDP; `model`,
+    `generations` and `tdps` replace the bundled tables (the fitting script evaluates a model
+    before it is written); `generation` skips finding it (machine detection found it)."""
+    if sockets < 1:
+        raise ValueError(f"sockets must be >= 1, got {sockets}")
+    if not memory_gb >= 0 or not math.isfinite(memory_gb):
+        raise ValueError(f"memory_gb must be >= 0, got {memory_gb}")
+    load = _check_load(load, threads)
+    model = model or bundled_model()
+    if generation is None:
+        generation, _ = cpu_generation(cpu_name, cpu_family=cpu_family, cpu_model=cpu_model,
+                                       vendor=vendor, generations=generations)
+    known = generation in model.generations
+    figures = model.figures(generation)
+    if virtual:  # the table's TDP is the whole package's: only a configured one counts
+        tdp = tdp_watts
+        case = "tdp" if tdp is not None else "guest" if known else "guest_default"
+    else:
+        tdp = tdp_watts
+        if tdp is None and cpu_name:
+            found = lookup_tdp(cpu_name, bundled_tdps() if tdps is None else tdps)
+            tdp = found[0] * sockets if found else None
+        case = "tdp" if tdp is not None else "generation" if known else "default"
+    parts = host_parts(model, figures=figures, tdp_watts=tdp, sockets=sockets, threads=threads,
+                       memory_gb=memory_gb, load=load, virtual=virtual)
+    return HostEstimate(parts, case, figures, tdp, model.errors[case])
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a detected machine is priced: as a whole host, or as its share of one."""
+
+    share: bool  # a guest or a CPU-limited container: vCPUs x the generation's per-thread figures
+    threads: float  # logical CPUs priced (a container's limit may be a fraction)
+    memory_gb: float
+    basis: str  # one line for `carbonmeter probes`
+
+
+def machine_pricing(machine: Machine) -> Pricing:
+    """A container held to a CPU limit is priced by the limit (and by its memory limit, else
+    its share of the machine's memory); a guest by its vCPUs and memory; else the host."""
+    memory = machine.memory_gb or 0.0
+    cpus = machine.cpu_limit
+    if cpus is not None:
+        limits = machine.limits
+        mem = limits.memory_gb if limits and limits.memory_gb is not None else (
+            memory * min(1.0, cpus / machine.cpu.threads))
+        mem = min(mem, memory) if memory else mem
+        return Pricing(True, cpus, mem, f"container limited to {cpus:g} CPUs and "
+                       f"{mem:.1f} GiB: its share of a host")
+    if machine.virtual:
+        return Pricing(True, machine.cpu.threads, memory,
+                       f"guest of {machine.hypervisor.name}: {machine.cpu.threads} vCPUs and "
+                       f"{memory:.1f} GiB, its share of a host")
+    return Pricing(False, machine.cpu.threads, memory,
+                   f"bare metal: {machine.cpu.sockets} socket(s), {machine.cpu.threads} "
+                   f"threads, {memory:.1f} GiB")
+
+
+def estimate_machine(machine: Machine, load: float, *, tdp_watts: float | None = None,
+                     model: PowerModel | None = None) -> HostEstimate:
+    """The estimate that follows from what `machine.detect` found, at utilisation `load` of
+    the CPUs priced (a container's: its own CPU time over its limit). `tdp_watts`, the user's
+    `cpu.tdp_watts`, prices the cpu part wherever it is set, a guest included."""
+    pricing = machine_pricing(machine)
+    return estimate_host(
+        machine.cpu.name, sockets=machine.cpu.sockets, threads=pricing.threads,
+        memory_gb=pricing.memory_gb, load=load, virtual=pricing.share,
+        tdp_watts=tdp_watts, model=model,
+        generation=machine.generation or "")
+
+
+def estimate_host_watts(cpu_name: str, *, sockets: int, threads: int, memory_gb: float,
+                        load: float, virtual: bool = False, cpu_family: int | None = None,
+                        cpu_model: int | None = None) -> dict[str, float]:
+    """The estimated power of a machine, in parts: ``{"cpu": W, "ram": W, "platform": W}``.
+
+    For a machine whose OS sees `threads` logical CPUs on `sockets` sockets and `memory_gb` of
+    memory, at utilisation `load` (0..1) of those CPUs. `virtual=True`: a guest with `threads`
+    vCPUs, priced as its share of a host of its CPU's generation (`sockets` is then unused).
+    The CPU is known by `cpu_name` (as /proc/cpuinfo spells it), else by `cpu_family` and
+    `cpu_model` (cpuinfo's numbers) when the name is hidden or generic. Pure: no I/O but the
+    bundled tables, read once.
+    """
+    return estimate_host(cpu_name, sockets=sockets, threads=threads, memory_gb=memory_gb,
+                         load=load, virtual=virtual, cpu_family=cpu_family,
+                         cpu_model=cpu_model).parts
 
 
 def read_cpuinfo(procfs: Path) -> tuple[str, int, int]:
     """(model name, sockets, logical CPUs) from /proc/cpuinfo."""
-    model, sockets, threads = "", set(), 0
-    try:
-        text = (procfs / "cpuinfo").read_text(errors="replace")
-    except OSError:
-        return "", 1, os.cpu_count() or 1
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "processor":
-            threads += 1
-        elif key == "model name" and not model:
-            model = value.strip()
-        elif key == "physical id":
-            sockets.add(value.strip())
-    return model, max(1, len(sockets)), max(1, threads)
+    cpu = read_cpu(procfs)
+    return cpu.name, cpu.sockets, cpu.threads
 
 
 def _stat_times(fd: int) -> tuple[int, int]:
@@ -88,57 +199,124 @@ def _stat_times(fd: int) -> tuple[int, int]:
     return total - values[3] - values[4], total
 
 
-class CpuModelProbe(Probe):
-    """One estimated device for all CPU packages, fed by /proc/stat utilisation."""
+class LoadMeter:
+    """The utilisation of the CPUs a machine is priced by, over each interval between reads.
 
-    name = "cpu_model"
-    may_block = False  # /proc/stat is the kernel's memory: a read never waits
-    covers = frozenset({"cpu"})
+    In a container held to a CPU limit: its own CPU time (its cgroup's counter) over the
+    limit's CPU-seconds; elsewhere the busy share of /proc/stat (the guest's or the host's).
+    """
 
-    def __init__(self, paths: Paths, *, tdp_watts: float | None = None,
-                 tdp_table: dict[str, float] | None = None) -> None:
-        model, sockets, self.threads = read_cpuinfo(paths.procfs)
-        self.tdp_note = ""
-        if tdp_watts is not None:
-            self.tdp_watts, self.tdp_note = tdp_watts, "cpu.tdp_watts"
-        else:
-            from carbonmeter.probes.cpu_names import lookup_tdp
-
-            found = lookup_tdp(model, tdp_table) if model and tdp_table else None
-            if found:
-                self.tdp_watts = found[0] * sockets
-                self.tdp_note = f"{found[0]:g} W x {sockets} socket(s), table entry '{found[1]}'"
-            else:
-                self.tdp_watts = DEFAULT_TDP_PER_SOCKET_W * sockets
-                self.tdp_note = (f"default {DEFAULT_TDP_PER_SOCKET_W:g} W x {sockets} socket(s): "
-                                 f"'{model or 'unknown CPU'}' is not in the TDP table; set "
-                                 "cpu.tdp_watts")
+    def __init__(self, paths: Paths, machine: Machine) -> None:
+        self._fd: int | None = None
+        self._limit = machine.cpu_limit
+        self._cgroup = machine.limits if self._limit else None
+        first = self._cgroup.cpu_seconds() if self._cgroup else None
+        if first is not None:
+            self._prev: tuple[float, float] = (first, time.monotonic())
+            self.source = f"the container's own CPU time ({self._cgroup.usage_file})"
+            return
+        self._cgroup = None
         try:
             self._fd = os.open(paths.procfs / "stat", os.O_RDONLY)
             self._prev = _stat_times(self._fd)
         except (OSError, ValueError, IndexError) as e:
+            if self._fd is not None:
+                os.close(self._fd)
             raise ProbeUnavailable(f"cannot read {paths.procfs / 'stat'}: {e}") from None
-        self.devices = (Device("cpu", "cpu", self.name, model, estimated=True, mean_power=True),)
+        self.source = f"{paths.procfs / 'stat'} (busy share of all CPUs)"
+
+    def read(self) -> float:
+        """Utilisation 0..1 since the previous read; raises OSError or ValueError."""
+        if self._cgroup is not None:
+            used, now = self._cgroup.cpu_seconds(), time.monotonic()
+            if used is None:
+                raise OSError(f"cannot read {self._cgroup.usage_file}")
+            d_used, d_t = used - self._prev[0], now - self._prev[1]
+            self._prev = (used, now)
+            return min(1.0, max(0.0, d_used / (d_t * self._limit))) if d_t > 0 else 0.0
+        busy, total = _stat_times(self._fd)
+        d_busy, d_total = busy - self._prev[0], total - self._prev[1]
+        self._prev = (busy, total)
+        return min(1.0, max(0.0, d_busy / d_total)) if d_total > 0 else 0.0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+_CASES = {"tdp": "its TDP known", "generation": "by its generation",
+          "default": "no generation known", "guest": "by its generation",
+          "guest_default": "no generation known"}
+
+
+def describe(machine: Machine, idle: HostEstimate, full: HostEstimate, part: str,
+             load_source: str = "") -> tuple[str, ...]:
+    """What `carbonmeter probes` prints under an estimated probe: what was detected, which
+    estimate follows from it, and the error bar."""
+    hv = machine.hypervisor
+    pricing = machine_pricing(machine)
+    evidence = f" ({'; '.join(hv.evidence)})" if hv.evidence else ""
+    cloud = f", cloud {hv.cloud}" if hv.cloud else ""
+    what = f"guest of {hv.name}" if hv.virtual else "bare metal"
+    lines = [f"machine: {what}{cloud}{evidence}"]
+    lines += list(machine.notes)
+    if machine.limits and machine.limits.source:
+        lines.append("limits: " + "; ".join(machine.limits.source))
+    c = machine.cpu
+    lines.append(f"cpu: '{c.name or 'no model name'}' ({c.vendor or 'unknown vendor'}, family "
+                 f"{c.family}, model {c.model}): generation "
+                 f"{machine.generation or 'unknown'}, from {machine.generation_source}")
+    f = idle.figures
+    row = (f"row {f.generation}, {f.basis}"
+           + (f", {f.servers} SPECpower results" if f.servers else ""))
+    lines.append(f"priced as: {pricing.basis}; {_CASES[idle.case]} ({row})")
+    if part == "cpu" and idle.tdp_watts is not None:
+        lines.append(f"cpu: TDP {idle.tdp_watts:g} W x {f.tdp_idle:g} idle to {f.tdp_full:g} "
+                     "full")
+    lines.append(f"{part}: {idle.parts[part]:.3g} W idle to {full.parts[part]:.3g} W at full "
+                 "load" + (f", load from {load_source}" if load_source else ""))
+    lines.append(f"error bar: ± {idle.error[0] * 100:.0f} % at idle, ± {idle.error[1] * 100:.0f} "
+                 f"% at full load (held-out SPECpower results, case {idle.case})")
+    return tuple(lines)
+
+
+class CpuModelProbe(Probe):
+    """One estimated device for the CPUs, its power following the utilisation of the CPUs the
+    machine is priced by (see `machine_pricing`)."""
+
+    name = "cpu_model"
+    may_block = False  # /proc/stat and cgroup files are the kernel's memory: a read never waits
+    covers = frozenset({"cpu"})
+
+    def __init__(self, paths: Paths, *, tdp_watts: float | None = None,
+                 instance_type: str = "", model: PowerModel | None = None) -> None:
+        self.machine = detect(paths, instance_type=instance_type)
+        m = model or bundled_model()
+        self.idle = estimate_machine(self.machine, 0.0, tdp_watts=tdp_watts, model=m)
+        self.full = estimate_machine(self.machine, 1.0, tdp_watts=tdp_watts, model=m)
+        self._lo, self._hi = self.idle.parts["cpu"], self.full.parts["cpu"]
+        self._load = LoadMeter(paths, self.machine)
+        self.devices = (Device("cpu", "cpu", self.name, self.machine.cpu.name, estimated=True,
+                               mean_power=True, error=self.idle.error,
+                               power_range_w=(self._lo, self._hi)),)
 
     def read(self) -> ProbeRead:
         try:
-            busy, total = _stat_times(self._fd)
+            load = self._load.read()
         except (OSError, ValueError, IndexError) as e:
-            return ProbeRead([], [f"cpu: cannot read /proc/stat: {e}"])
-        d_busy, d_total = busy - self._prev[0], total - self._prev[1]
-        self._prev = (busy, total)
-        load = d_busy / d_total if d_total > 0 else 0.0
-        watts = estimate_cpu_watts(self.tdp_watts, min(1.0, max(0.0, load)), threads=self.threads)
-        return ProbeRead([Reading(self.devices[0], power_w=watts)], [])
+            return ProbeRead([], [f"cpu: cannot read the load: {e}"])
+        return ProbeRead([Reading(self.devices[0],
+                                  power_w=self._lo + (self._hi - self._lo) * load)], [])
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._load.close()
 
     def notes(self) -> tuple[str, ...]:
-        return (f"TDP {self.tdp_watts:g} W ({self.tdp_note})",)
+        return describe(self.machine, self.idle, self.full, "cpu", self._load.source)
 
     def idle_watts(self) -> dict[str, float]:
-        return {d.id: estimate_cpu_watts(self.tdp_watts, 0.0) for d in self.devices}
+        return {self.devices[0].id: self._lo}
 
 
 @dataclass(frozen=True)
@@ -146,22 +324,19 @@ class CpuConfig:
     """Section `cpu`: the estimate's inputs where no sensor measures the CPU."""
 
     tdp_watts: float | None = field(**limits(min=1, max=100_000))  # None: the TDP table
+    # The cloud instance type, where DMI does not say it (Google Cloud, Azure): m5.large,
+    # n2-standard-4, Standard_D16as_v4, or provider:type. None: from DMI where it says.
+    instance_type: str | None
 
 
-@functools.cache  # read once per process: `track()` may discover probes many times
 def tdp_table() -> dict[str, float]:
-    """The bundled TDP table (carbonmeter.bundled/cpu_tdp.csv)."""
-    from importlib import resources
-
-    from carbonmeter.probes.cpu_names import parse_tdp_table
-
-    return parse_tdp_table(
-        resources.files("carbonmeter.bundled").joinpath("cpu_tdp.csv").read_text("utf-8"))
+    """The bundled TDP table (carbonmeter.bundled/cpu_tdp.csv), read once."""
+    return bundled_tdps()
 
 
 def _make(settings: CpuConfig, ctx: ProbeContext) -> CpuModelProbe:
-    tdp = settings.tdp_watts
-    return CpuModelProbe(ctx.paths, tdp_watts=tdp, tdp_table=None if tdp else tdp_table())
+    return CpuModelProbe(ctx.paths, tdp_watts=settings.tdp_watts,
+                         instance_type=settings.instance_type or "")
 
 
 SPEC = ProbeSpec("cpu_model", order=100, make=_make, section="cpu", settings=CpuConfig,

@@ -36,8 +36,12 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Mapping
+from typing import TypeVar
 
-__all__ = ["lookup_tdp", "model_tokens", "normalise_cpu_model", "parse_tdp_table"]
+__all__ = ["lookup_model", "lookup_tdp", "model_tokens", "normalise_cpu_model", "parse_tdp_table"]
+
+V = TypeVar("V")
 
 _PARENS = re.compile(r"\([^)]*\)")
 _TRAILER = re.compile(r"\s(?:with|w/|includes|and)\s.*$")
@@ -117,7 +121,16 @@ def _is_subsequence(needle: tuple[str, ...], haystack: tuple[str, ...]) -> bool:
 def lookup_tdp(model_name: str, table: dict[str, float]) -> tuple[float, str] | None:
     """The TDP of a CPU, by its cpuinfo name, from a table keyed by normalised names.
 
-    Returns ``(tdp_watts, matched_table_key)`` or None. Order of preference:
+    Returns ``(tdp_watts, matched_table_key)`` or None; the rules are `lookup_model`'s.
+    None when nothing qualifies: a wrong TDP is worse than the configured fallback.
+    """
+    return lookup_model(model_name, table)
+
+
+def lookup_model(model_name: str, table: Mapping[str, V]) -> tuple[V, str] | None:
+    """The value a table keyed by normalised CPU names holds for a cpuinfo name.
+
+    Returns ``(value, matched_table_key)`` or None. Order of preference:
 
     1. the table key equal to the normalised name;
     2. else the longest key (most tokens, then most characters, then alphabetical, so the
@@ -125,8 +138,6 @@ def lookup_tdp(model_name: str, table: dict[str, float]) -> tuple[float, str] | 
        provided the key carries a model-number token (``intel xeon`` alone never matches a
        Xeon) and the name carries no version token (``v3``) that the key lacks (so
        ``xeon e5-2670`` is not taken for ``xeon e5-2670 v3``).
-
-    None when nothing qualifies: a wrong TDP is worse than the configured fallback.
     """
     key = normalise_cpu_model(model_name)
     if not key:

@@ -52,7 +52,7 @@ SEQUENCES = 2  # run side by side; each has its own host, state file and exporte
 INTERVAL = 0.1  # the shortest interval the configuration allows
 CHECKPOINT = 0.1  # the shortest the configuration allows, so runs outlast several
 MEM_KB = 16 * 1024 * 1024
-RAM_W = 16 * 0.375  # the RAM estimate: 0.375 W per GiB
+RAM_W = 16 * 0.1  # the RAM estimate: 0.1 W per GiB (ram.watts_per_gb's default)
 LOSS_BOUND_S = CHECKPOINT + INTERVAL + 0.1  # one checkpoint, one sample, a little slack
 LONG_RUN_S = 0.4  # measured at least this long: losing it all would break the bound
 STEP_J = 90.0  # spent while the exporter is down, before each run (within 1 kW x downtime)
@@ -87,7 +87,7 @@ class Host:
         self.config = root / "carbonmeter.yaml"
         self.config.write_text(
             f"paths: {{sysfs: {root / 'sys'}, procfs: {proc}}}\n"
-            f"probes: {{disabled: [nvml, cpu_model]}}\n"
+            f"probes: {{disabled: [nvml, cpu_model, platform_model]}}\n"
             f"state: {{path: {self.state_path}, checkpoint_seconds: {CHECKPOINT}}}\n"
             "attribution: {level: process, top_n: 2, min_energy_joules: 0}\n"
             f"embodied: {{devices: {{host: {{kg_co2eq: {EMBODIED.kg_co2eq}, "

@@ -120,8 +120,14 @@ carbon: {{region: FR, pue: 1.2}}
             assert value(prom, 'carbonmeter_carbon_intensity_grams_per_kilowatt_hour'
                                '{region="FR",provider="bundled"}') == fr
             assert value(prom, "carbonmeter_pue_ratio") == 1.2
-            assert value(prom, "sum(carbonmeter_probe_up)") == 2
-            assert not prom_query(prom, 'carbonmeter_energy_joules_total{source=~".*_model"}')
+            assert value(prom, "sum(carbonmeter_probe_up)") == 3
+            # RAPL and NVML measure; only the rest of the server is estimated, and only it
+            # carries an error bar
+            estimated = prom_query(prom, 'carbonmeter_energy_joules_total{source=~".*_model"}')
+            assert [r["metric"]["source"] for r in estimated] == ["platform_model"]
+            errors = prom_query(prom, "carbonmeter_estimate_relative_error_ratio")
+            assert [r["metric"]["device"] for r in errors] == ["platform"]
+            assert 0 < float(errors[0]["value"][1]) < 1
 
         out = subprocess.run([require("promtool"), "check", "metrics"],
                              input=http_get(f"http://{target}/metrics")[2], capture_output=True)
@@ -142,6 +148,11 @@ def test_default_configuration_runs_on_a_machine_without_sensors(tmp_path):
                  what="a CPU power estimate")
         text = metrics(target)
         assert 'kind="cpu",source="cpu_model"' in text
+        # every estimated device says how far off it may be
+        for device, kind, source in (("cpu", "cpu", "cpu_model"), ("ram", "ram", "ram_model"),
+                                     ("platform", "platform", "platform_model")):
+            assert re.search(rf'^carbonmeter_estimate_relative_error_ratio{{device="{device}",'
+                             rf'kind="{kind}",source="{source}"}} 0\.\d+$', text, re.M), device
         assert '{provider="default",region="world"} 475.0' in text
     finally:
         assert stop(proc) == 0
@@ -230,7 +241,9 @@ def test_probes_command_lists_every_source_with_its_reason(tmp_path):
     names = re.findall(r"^(\w+) +(available|not used)$", text, re.M)
     assert [n for n, _ in names] == ["rapl", "amd_energy", "hwmon", "nvml", "powermetrics",
                                      "powergadget", "redfish", "ipmi", "declared",
-                                     "cpu_model", "ram_model"]
+                                     "cpu_model", "ram_model", "platform_model"]
+    assert re.search(r"^platform_model +not used\n +not needed: the whole host is measured by "
+                     r"ipmi$", text, re.M)
     assert "power-meter-grace-power-socket-0 (cpu, measured)" in text
     assert "skipped power_meter/CPU Power Socket 0: inside Grace Power Socket" in text
     assert "server (platform, measured, the whole host)" in text

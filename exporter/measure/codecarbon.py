@@ -288,6 +288,16 @@ def _output_methods(s: dict[str, Any]) -> set[str]:
     return {m for m, flag in flags.items() if s[flag]}
 
 
+def _without_platform(cfg: Any) -> Any:
+    """CodeCarbon counts the CPU, GPUs and RAM, not the rest of the server: a CodeCarbon
+    tracker leaves the platform estimate out, so energy_consumed is the sum of its parts."""
+    disabled = cfg.probes.disabled
+    if "platform_model" in disabled:
+        return cfg
+    probes = dataclasses.replace(cfg.probes, disabled=[*disabled, "platform_model"])
+    return dataclasses.replace(cfg, probes=probes)
+
+
 def _with_section(cfg: Any, name: str, **changes: Any) -> Any:
     """The configuration with some keys of a probe's section changed (values checked here,
     not by the section's limits: a forced power may be 0 W)."""
@@ -440,6 +450,7 @@ class EmissionsTracker:
                                           f"{s['project_name']}_{s['experiment_name']}")
         cfg = config_module.load(config, overrides=o)
         cfg = self._forced_power(cfg, s)
+        cfg = _without_platform(cfg)
         resolve(cfg.carbon)  # an unknown region fails here, not at start()
         return cfg, location_of(place) if place is not None else None
 

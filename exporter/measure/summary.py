@@ -74,6 +74,7 @@ def as_json(usage: Usage, *, command: list[str] | None = None,
         "machine": {
             "energy_j": usage.energy_j, "emissions_g": usage.emissions_g,
             "measured_energy_j": usage.measured_j, "estimated_energy_j": usage.estimated_j,
+            "estimated_relative_error": usage.estimated_relative_error,
             "measured_note": measured_note(usage), "energy_by_kind_j": usage.energy_by_kind(),
         },
         "intensity": {"g_per_kwh": i.g_per_kwh, "region": i.region, "provider": i.provider,
@@ -83,6 +84,7 @@ def as_json(usage: Usage, *, command: list[str] | None = None,
             "id": d.id, "kind": d.kind, "source": d.source, "name": d.name,
             "estimated": d.estimated, "energy_j": d.energy_j, "emissions_g": d.emissions_g,
             "mean_power_w": d.energy_j / usage.duration_s if usage.duration_s > 0 else None,
+            "relative_error": d.relative_error(usage.duration_s),
         } for d in usage.devices],
         "greenest_regions": [_where(e) for e in _greenest(usage)],
     })
@@ -121,14 +123,17 @@ def as_text(usage: Usage, *, command: list[str] | None = None,
         lines.append(f"  share       {usage.share.method}")
     rows = [(f"{d.id} ({d.kind}, {d.source}, {'estimated' if d.estimated else 'measured'})",
              units.energy(d.energy_j),
-             f"{units.sig(d.energy_j / usage.duration_s)} W" if usage.duration_s > 0 else "")
+             (f"{units.sig(d.energy_j / usage.duration_s)} W" if usage.duration_s > 0 else "")
+             + (f"  {units.plus_minus(d.relative_error(usage.duration_s))}"
+                if d.device.error is not None else ""))
             for d in usage.devices]
     width = max([len(r[0]) for r in rows] + [5])
     lines.append("  the machine's energy, by device")
     for name, energy, watts in rows:
         lines.append(f"    {name:<{width}}  {energy:>10}  {watts}")
+    bar = units.plus_minus(usage.estimated_relative_error)
     split = (f"{units.energy(usage.measured_j)} measured, "
-             f"{units.energy(usage.estimated_j)} estimated")
+             f"{units.energy(usage.estimated_j)} estimated" + (f" {bar}" if bar else ""))
     lines.append(f"    {'total':<{width}}  {units.energy(usage.energy_j):>10}  ({split})")
     others = _greenest(usage)
     if others:

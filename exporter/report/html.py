@@ -19,6 +19,7 @@ from carbonmeter import units
 from carbonmeter.report.equivalents import describe
 from carbonmeter.report.summary import (
     Summary,
+    device_error,
     intensity_lines,
     measured_note,
     scope,
@@ -135,18 +136,26 @@ border-bottom:1px solid #dde}td:nth-child(n+2){font-variant-numeric:tabular-nums
 """
 
 
+def _bar(error: float | None) -> str:
+    return f"{units.plus_minus(error)} " if error else ""
+
+
 def page(s: Summary, name: str) -> str:
     facts = [
         ["period", f"{s.first:%Y-%m-%d %H:%M:%S} to {s.last:%Y-%m-%d %H:%M:%S %Z}"],
         ["rows", f"{len(s.rows)} in {s.runs} run(s), {len(s.tasks)} task row(s)"],
         ["measured for", units.duration(s.duration_s)],
-        ["energy", f"{show_kwh(s.energy_kwh)} (with PUE: {show_kwh(s.facility_kwh)})"],
-        ["CO2eq", units.mass(s.emissions_g)],
+        ["energy", f"{show_kwh(s.energy_kwh)} {_bar(s.energy_relative_error)}(with PUE: "
+                   f"{show_kwh(s.facility_kwh)})"],
+        ["CO2eq", f"{units.mass(s.emissions_g)} {_bar(s.energy_relative_error)}".strip()],
         ["measured", measured_note(s)],
         ["intensity", intensity_lines(s)[0]],
         *(["", line] for line in intensity_lines(s)[1:]),
     ]
     kinds = [[k, show_kwh(v)] for k, v in s.by_kind.items()]
+    devices = [[dev, d["kind"], d["source"], "estimated" if d["estimated"] else "measured",
+                show_kwh(d["energy_kwh"]), units.plus_minus(device_error(d))]
+               for dev, d in s.by_device.items()]
     places = [[e.role, e.region.code, e.region.name, f"{e.region.g_per_kwh:g}",
                units.mass(e.grams),
                "" if e.role in ("configured", "as run") else units.mass(e.saving_g)]
@@ -164,6 +173,8 @@ def page(s: Summary, name: str) -> str:
         "<h2>Power over time</h2>", power_chart(s),
         "<h2>Energy by device</h2>", energy_chart(s),
         _table(["kind", "energy"], kinds) if kinds else "",
+        _table(["device", "kind", "source", "how", "energy", "error bar"], devices)
+        if devices else "",
         "<h2>The same energy elsewhere</h2>", regions_chart(s),
         _table(["", "code", "region", "gCO2eq/kWh", "CO2eq", "saving"], places),
         "<h2>Equivalents</h2>", _table(["how many", "of what", "source"], equiv),

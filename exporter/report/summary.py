@@ -56,6 +56,7 @@ class Row:
     intensity: tuple[str, float, str, str]  # region, g/kWh, source, cloud provider
     span: tuple[str, ...] = ()  # rows with the same span key are totals of one span so far
     tracking_mode: str = "machine"  # "process": the figures are a process tree's share
+    error: float | None = None  # energy_consumed_relative_error; None in logs without it
 
     @property
     def measured_kwh(self) -> float:
@@ -101,6 +102,8 @@ class Summary:
     measured_kwh: float = 0.0  # of energy_kwh; the rest is estimated or not said
     devices_known: bool = True  # False: no row says its devices (CodeCarbon's log)
     process_rows: int = 0  # rows whose figures are a command's process tree, not the machine
+    # expected relative error of energy_kwh (and emissions), from the rows that carry one
+    energy_relative_error: float | None = None
 
     @property
     def g_per_kwh(self) -> float:
@@ -110,6 +113,13 @@ class Summary:
     @property
     def measured_share(self) -> float:
         return self.measured_kwh / self.energy_kwh if self.energy_kwh > 0 else 0.0
+
+
+def device_error(d: dict[str, Any]) -> float | None:
+    """The energy-weighted error bar of one device of `Summary.by_device`, or None."""
+    if not d.get("has_error") or d["energy_kwh"] <= 0:
+        return None
+    return d["error_kwh"] / d["energy_kwh"]
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -179,6 +189,7 @@ def _row(r: dict[str, Any], where: str) -> Row:
         g_per_kwh = emissions_g / (energy * pue) if energy > 0 else 0.0
     region = str(r.get("carbon_intensity_region") or r.get("cloud_region")
                  or r.get("country_iso_code") or "")
+    error = _num(r.get("energy_consumed_relative_error"), -1)
     run_id = str(r.get("run_id") or "")
     if r.get("started"):
         span: tuple[str, ...] = (run_id, str(r["started"]))
@@ -192,7 +203,8 @@ def _row(r: dict[str, Any], where: str) -> Row:
                devices=devices if isinstance(devices, dict) else {},
                intensity=(region, g_per_kwh, str(r.get("carbon_intensity_source") or ""),
                           str(r.get("cloud_provider") or "")), span=span,
-               tracking_mode=str(r.get("tracking_mode") or "machine"))
+               tracking_mode=str(r.get("tracking_mode") or "machine"),
+               error=error if 0 <= error <= 10 else None)
 
 
 def _last_of_each_span(rows: list[Row]) -> list[Row]:
@@ -280,9 +292,19 @@ def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
             acc = by_device.setdefault(dev, {"kind": d.get("kind", ""),
                                              "source": d.get("source", ""),
                                              "estimated": bool(d.get("estimated")),
-                                             "energy_kwh": 0.0})
-            acc["energy_kwh"] += _num(d.get("energy"))
+                                             "energy_kwh": 0.0, "error_kwh": 0.0,
+                                             "has_error": False})
+            kwh = _num(d.get("energy"))
+            acc["energy_kwh"] += kwh
+            err = _num(d.get("relative_error"), -1)
+            if 0 <= err <= 10:
+                acc["error_kwh"] += err * kwh
+                acc["has_error"] = True
     energy = sum(r.energy_kwh for r in rows)
+    with_error = [r for r in rows if r.error is not None]
+    known = sum(r.energy_kwh for r in with_error)
+    energy_error = (sum(r.error * r.energy_kwh for r in with_error) / known
+                    if with_error and known > 0 else None)
     facility = sum(r.energy_kwh * r.pue for r in rows)
     grams = sum(r.emissions_g for r in rows)
     grids = _grids(rows, energy)
@@ -302,7 +324,8 @@ def summarise(records: list[dict[str, Any]], where: str = "log") -> Summary:
         over_time=[(t, e, g) for t, (e, g) in sorted(over.items())], bucket=bucket,
         measured_kwh=sum(r.measured_kwh for r in rows),
         devices_known=any(r.devices for r in rows),
-        process_rows=sum(r.tracking_mode == "process" for r in rows))
+        process_rows=sum(r.tracking_mode == "process" for r in rows),
+        energy_relative_error=energy_error)
 
 
 def measured_note(s: Summary) -> str:

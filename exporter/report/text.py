@@ -6,6 +6,7 @@ from carbonmeter import units
 from carbonmeter.report.equivalents import describe
 from carbonmeter.report.summary import (
     Summary,
+    device_error,
     intensity_lines,
     measured_note,
     scope,
@@ -13,13 +14,19 @@ from carbonmeter.report.summary import (
 )
 
 
+def _bar(error: float | None) -> str:
+    """ ± N % after an estimated figure; nothing after a measured one."""
+    return f"  {units.plus_minus(error)}" if error else ""
+
+
 def text(s: Summary, name: str) -> str:
     out = [f"carbonmeter report: {name}",
            f"  period        {s.first:%Y-%m-%d %H:%M:%S} to {s.last:%Y-%m-%d %H:%M:%S %Z}",
            f"  rows          {len(s.rows)} in {s.runs} run(s), {len(s.tasks)} task row(s)",
            f"  measured for  {units.duration(s.duration_s)}",
-           f"  energy        {show_kwh(s.energy_kwh)} (with PUE: {show_kwh(s.facility_kwh)})",
-           f"  CO2eq         {units.mass(s.emissions_g)}",
+           f"  energy        {show_kwh(s.energy_kwh)}{_bar(s.energy_relative_error)} "
+           f"(with PUE: {show_kwh(s.facility_kwh)})",
+           f"  CO2eq         {units.mass(s.emissions_g)}{_bar(s.energy_relative_error)}",
            f"  measured      {measured_note(s)}"]
     first, *grids = intensity_lines(s)
     out.append(f"  intensity     {first}")
@@ -34,8 +41,8 @@ def text(s: Summary, name: str) -> str:
                                      if s.process_rows else ""))
         for dev, d in s.by_device.items():
             how = "estimated" if d["estimated"] else "measured"
-            out.append(f"  {dev:<14} {d['kind']:<9} {d['source']:<10} {how:<10} "
-                       f"{show_kwh(d['energy_kwh']):>12}")
+            out.append(f"  {dev:<14} {d['kind']:<9} {d['source']:<14} {how:<10} "
+                       f"{show_kwh(d['energy_kwh']):>12}{_bar(device_error(d))}")
     out.append(f"\nover time, per {s.bucket} (UTC)")
     for t, e, g in s.over_time:
         out.append(f"  {t:%Y-%m-%d %H:%M}  {show_kwh(e):>12}  {units.mass(g):>10}")

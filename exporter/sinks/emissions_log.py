@@ -62,10 +62,15 @@ OWN_COLUMNS = (
     "carbon_intensity",  # gCO2eq/kWh in use at the end of the row
     "carbon_intensity_region",  # "FR", "world", "custom", a cloud region
     "carbon_intensity_source",  # the citation of that figure
-    "platform_power",  # W, RAPL psys (whole SoC), never summed with cpu_* or ram_*
+    "platform_power",  # W: RAPL psys (whole SoC, then no cpu_* or ram_*), or the estimate
+    # of the rest of the server (platform_model), beside cpu_* and ram_*
     "platform_energy",  # kWh
-    "devices",  # JSON: {device: {kind, source, estimated, energy kWh, emissions kg}}
+    # JSON: {device: {kind, source, estimated, energy kWh, emissions kg, relative_error}}
+    "devices",
     "carbonmeter_version",
+    # expected relative error of energy_consumed (and emissions): the estimated devices'
+    # error bars weighted by their energy; 0 when everything was measured
+    "energy_consumed_relative_error",
 )
 COLUMNS = CODECARBON_COLUMNS + OWN_COLUMNS
 DEFAULT_EXPERIMENT_ID = "5b0fa12a-3dd7-45bb-9766-cc326314d9f1"  # CodeCarbon's default
@@ -299,9 +304,12 @@ def row(usage: Usage, ctx: RowContext, *, task_name: str = "",
         "platform_power": watts("platform"),
         "platform_energy": kwh["platform"],
         "devices": {d.id: {"kind": d.kind, "source": d.source, "estimated": d.estimated,
-                           "energy": d.energy_j / 3.6e6, "emissions": d.emissions_g / 1000}
+                           "energy": d.energy_j / 3.6e6, "emissions": d.emissions_g / 1000,
+                           **({} if (e := d.relative_error(usage.duration_s)) is None
+                              else {"relative_error": e})}
                     for d in usage.devices},
         "carbonmeter_version": host["carbonmeter_version"],
+        "energy_consumed_relative_error": usage.energy_relative_error,
     }
 
 

@@ -41,7 +41,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from carbonmeter.config import OtlpConfig
-from carbonmeter.probes.base import HOST, Device
+from carbonmeter.probes.base import HOST, Device, relative_error
 from carbonmeter.sinks.outage import Outage
 from carbonmeter.snapshot import DeviceTotal, Snapshot
 from carbonmeter.version import version
@@ -315,6 +315,10 @@ class OtlpSink:
         def emissions(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(t.emissions_g, a) for t, a in self._components()]
 
+        def estimate_error(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(e, self._device(t.device)) for t in self._snapshot().devices
+                    if (e := relative_error(t.device, t.power_w)) is not None]
+
         def host_energy(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(self._snapshot().host_energy_j, self._host)]
 
@@ -380,6 +384,9 @@ class OtlpSink:
              "the component's energy, PUE applied, at each interval's intensity."),
             (gauge, "carbonmeter.carbon_intensity", intensity, "g/kWh",
              "Carbon intensity of the grid in use, gCO2eq/kWh."),
+            (gauge, "carbonmeter.estimate.relative_error", estimate_error, "1",
+             "Expected relative error of an estimated component's power at its last reading, "
+             "from the model's error on measured servers; measured components have none."),
         ):
             create(name, [callback], unit=unit, description=description)
 

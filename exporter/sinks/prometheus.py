@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from carbonmeter.probes.base import relative_error
 from carbonmeter.server.endpoint import make_server
 from carbonmeter.snapshot import Snapshot
 from carbonmeter.version import version
@@ -70,6 +71,11 @@ class SnapshotCollector:
             "carbonmeter_device", "What a device is: its model and, where the hardware has "
             "one, its UUID (an NVIDIA GPU's), to join with other exporters.",
             labels=DEVICE_LABELS)
+        error = GaugeMetricFamily(
+            "carbonmeter_estimate_relative_error", "Expected relative error of an estimated "
+            "device's power at its last reading (0.2: within 20 %), from the model's error on "
+            "measured servers it was not fitted on; measured devices have none.",
+            labels=DEVICE_LABELS, unit="ratio")
         for d in s.devices:
             labels = (d.device.id, d.device.kind, d.device.source)
             energy.add_metric(labels, d.energy_j)
@@ -78,7 +84,12 @@ class SnapshotCollector:
             if d.power_w is not None:
                 power.add_metric(labels, d.power_w)
             info.add_metric(labels, {"name": d.device.name, "uuid": d.device.uid})
+            err = relative_error(d.device, d.power_w)
+            if err is not None:
+                error.add_metric(labels, err)
         yield from (energy, power, emissions, unmeasured, info)
+        if error.samples:
+            yield error
         yield CounterMetricFamily(
             "carbonmeter_host_energy_joules", "Energy of the host: the sum of its devices, or "
             "where a whole-host meter runs (IPMI, Redfish) that meter plus devices beside the "

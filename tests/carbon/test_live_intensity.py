@@ -47,7 +47,7 @@ def test_emissions_are_the_sum_of_each_intervals_energy_times_its_intensity(tmp_
     write_atomically(ci, "100")
     proc, target = start_serve(tmp_path, f"""
 paths: {{sysfs: {tmp_path / 'sys'}}}
-probes: {{disabled: [nvml, cpu_model, ram_model]}}
+probes: {{disabled: [nvml, cpu_model, ram_model, platform_model]}}
 carbon:
   region: FR
   pue: 1.5

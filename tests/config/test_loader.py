@@ -23,7 +23,10 @@ def test_defaults_load_without_a_file():
     assert cfg.server.listen == "0.0.0.0:29100"
     assert cfg.sampler.interval_seconds == 15
     assert cfg.carbon.region is None and cfg.carbon.pue == 1.0
-    assert cfg.section("ram").watts_per_gb == pytest.approx(3 / 8)
+    # the RAM estimate's default is the bundled power model's figure, not 3 W per 8 GB
+    from carbonmeter.probes.power_model import bundled_model
+
+    assert cfg.section("ram").watts_per_gb == bundled_model().ram_w_per_gb == 0.1
 
 
 def test_file_overrides_defaults_and_keeps_the_rest(tmp_path):

@@ -34,7 +34,7 @@ def rapl(tmp_path):
     tree = one_socket(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
-                   "probes: {disabled: [nvml, ram_model]}\ncarbon: {region: FR}\n")
+                   "probes: {disabled: [nvml, ram_model, platform_model]}\ncarbon: {region: FR}\n")
     return tree, cfg
 
 
@@ -119,7 +119,7 @@ def test_bare_decorator(rapl, monkeypatch, tmp_path):
     tree, cfg = rapl
     monkeypatch.chdir(tmp_path)  # CodeCarbon's decorator writes ./emissions.csv
     monkeypatch.setenv("CARBONMETER_PATHS_SYSFS", str(cfg.parent / "sys"))
-    monkeypatch.setenv("CARBONMETER_PROBES_DISABLED", "[nvml, ram_model]")
+    monkeypatch.setenv("CARBONMETER_PROBES_DISABLED", "[nvml, ram_model, platform_model]")
 
     @track_emissions
     def f() -> int:
@@ -207,7 +207,7 @@ def test_no_thread_when_only_non_wrapping_counters_are_read(tmp_path, monkeypatc
     gpu = FakeGpu("NVIDIA A100-SXM4-40GB", "GPU-1", power_mw=250_000, energy_counter=True)
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([gpu]))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("probes: {disabled: [rapl, cpu_model, ram_model]}\n")
+    cfg.write_text("probes: {disabled: [rapl, cpu_model, ram_model, platform_model]}\n")
     before = threading.active_count()
     with track(config=cfg) as t:
         assert threading.active_count() == before

@@ -42,7 +42,7 @@ def rapl(tmp_path, monkeypatch):
     tree = one_socket(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)  # time fast-forwarded
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
-                   "probes: {disabled: [nvml, ram_model]}\n")
+                   "probes: {disabled: [nvml, ram_model, platform_model]}\n")
     return tree, cfg
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def rapl(tmp_path):
     tree = two_sockets_with_dram(tmp_path / "sys")
     state = tmp_path / "tree.pickle"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\nprobes: {{disabled: [nvml]}}\n"
+    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
+                   "probes: {disabled: [nvml, platform_model]}\n"
                    f"carbon: {{region: FR, pue: 1.2}}\n"
                    f"emissions_log: {{path: {tmp_path / 'log.csv'}}}\n")
     return tree, state, cfg
@@ -115,14 +117,17 @@ def test_json_schema(rapl):
     assert doc["scope"] == "process tree" and doc["scope_note"].startswith("its process tree: ")
     machine = doc["machine"]
     assert set(machine) == {"energy_j", "emissions_g", "measured_energy_j",
-                            "estimated_energy_j", "measured_note", "energy_by_kind_j"}
+                            "estimated_energy_j", "estimated_relative_error", "measured_note",
+                            "energy_by_kind_j"}
+    assert machine["estimated_relative_error"] is None  # all measured: no error bar
     assert 0 <= doc["energy_j"] <= machine["energy_j"]
     assert set(doc["intensity"]) == {"g_per_kwh", "region", "provider", "source", "year"}
     assert machine["energy_by_kind_j"].keys() == {"cpu", "dram"}
     assert machine["measured_note"] == "100 % measured"
     device_keys = {"id", "kind", "source", "name", "estimated", "energy_j", "emissions_g",
-                   "mean_power_w"}
+                   "mean_power_w", "relative_error"}
     assert all(set(d) == device_keys for d in doc["devices"])
+    assert all(d["relative_error"] is None for d in doc["devices"])  # measured: no error bar
     assert [d["id"] for d in doc["devices"]] == ["package-0", "package-1", "dram-0", "dram-1"]
     region_keys = {"code", "name", "kind", "provider", "g_per_kwh", "year", "emissions_g",
                    "saving_g"}
@@ -135,8 +140,8 @@ def test_text_summary_says_units_sources_scope_and_greener_regions(tmp_path):
     state = tmp_path / "tree.pickle"
     state.write_bytes(pickle.dumps(tree))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\nprobes: {{disabled: [nvml]}}\n"
-                   "carbon: {region: DE}\n")
+    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
+                   "probes: {disabled: [nvml, platform_model]}\ncarbon: {region: DE}\n")
     child = ADVANCE.format(root=str(ROOT), state=str(state),
                            steps=[("intel-rapl:0", 7200.0), ("intel-rapl:0:0", 0.25)])
     out = carbonmeter("--", PY, "-c", child, config=cfg)
@@ -160,19 +165,53 @@ def test_text_summary_says_units_sources_scope_and_greener_regions(tmp_path):
 
 
 def test_estimated_sources_are_sampled_and_said_so(tmp_path):
+    """A bare-metal fixture host (cpuinfo without the hypervisor flag, a /proc/stat that stands
+    still: idle) with a configured TDP: cpu, ram and platform are estimated, each with the
+    idle figures of the bundled model and the TDP case's idle error bar."""
+    import csv as csv_
+
+    proc, sys_ = tmp_path / "proc", tmp_path / "sys"
+    (proc / "self").mkdir(parents=True)
+    sys_.mkdir()
+    (proc / "cpuinfo").write_text("".join(
+        f"processor\t: {n}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n"
+        "model name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz\nphysical id\t: 0\n"
+        "flags\t\t: fpu sse2\n\n" for n in range(4)))
+    (proc / "stat").write_text("cpu  100 0 100 10000 0 0 0 0 0 0\n")
+    (proc / "meminfo").write_text("MemTotal:       16777216 kB\n")
+    (proc / "self" / "cgroup").write_text("0::/\n")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("probes: {disabled: [rapl, nvml]}\ncpu: {tdp_watts: 100}\n")
+    cfg.write_text(f"paths: {{sysfs: {sys_}, procfs: {proc}}}\n"
+                   "probes: {disabled: [nvml]}\ncpu: {tdp_watts: 100}\n")
     out = carbonmeter("--json", "--interval", "0.05", "--", "sleep", "0.3", config=cfg)
     doc = json.loads(out.stderr)
     kinds = {d["id"]: d for d in doc["devices"]}
-    assert kinds["cpu"]["estimated"] and kinds["ram"]["estimated"]
-    # idle to busy, the CPU model stays between 12 % and 102 % of its 100 W TDP
-    assert 12 * 0.3 <= kinds["cpu"]["energy_j"] <= 102 * doc["wall_time_s"] * 1.05
+    assert all(kinds[k]["estimated"] for k in ("cpu", "ram", "platform"))
+    rows = {}
+    for name in ("power_model.csv", "power_params.csv"):
+        text = (ROOT / "config" / name).read_text()
+        rows[name] = list(csv_.DictReader(line for line in text.splitlines()
+                                          if not line.startswith("#")))
+    skylake = next(r for r in rows["power_model.csv"] if r["generation"] ==
+                   "intel-skylake-server")
+    params = {r["name"]: r["value"] for r in rows["power_params.csv"]}
+    assert kinds["cpu"]["mean_power_w"] == pytest.approx(100 * float(skylake["tdp_idle"]),
+                                                         rel=0.05)
+    assert kinds["ram"]["mean_power_w"] == pytest.approx(16 * 0.1, rel=0.05)
+    assert kinds["platform"]["mean_power_w"] == pytest.approx(
+        float(params["platform_idle_w_per_socket"]), rel=0.05)
+    assert kinds["cpu"]["relative_error"] == pytest.approx(float(params["error_tdp_idle"]))
     machine = doc["machine"]
+    assert 0 < machine["estimated_relative_error"] < 1
     assert machine["measured_energy_j"] == 0
     assert machine["estimated_energy_j"] == machine["energy_j"]
     assert machine["measured_note"] == "0 % measured: every figure is an estimate"
     assert doc["intensity"]["region"] == "world"
+    # the text says "± N %" beside each estimated figure and the estimated total
+    text = carbonmeter("--interval", "0.05", "--", "true", config=cfg).stderr.decode()
+    bar = f"± {float(params['error_tdp_idle']) * 100:.0f} %"
+    assert re.search(rf"^ +cpu \(cpu, cpu_model, estimated\) .* W  {bar}$", text, re.M), text
+    assert re.search(r"^ +total .*estimated ± [\d.]+ %\)$", text, re.M), text
 
 
 @pytest.mark.parametrize(("command", "code"), [
@@ -351,7 +390,7 @@ def test_the_process_tree_gets_its_share_and_says_so(tmp_path):
 def test_no_procfs_reports_the_whole_machine_and_why(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{procfs: {tmp_path / 'noproc'}}}\ncpu: {{tdp_watts: 100}}\n"
-                   "probes: {disabled: [rapl, nvml, cpu_model, ram_model]}\n"
+                   "probes: {disabled: [rapl, nvml, cpu_model, ram_model, platform_model]}\n"
                    "declared: [{id: box, kind: other, watts: 10}]\n")
     doc = json.loads(carbonmeter("--json", "--", "true", config=cfg).stderr)
     assert doc["scope"] == "machine" and doc["method"] is None

@@ -22,10 +22,11 @@ from carbonmeter.probes.base import HOST
 def test_discovery_order_is_sensors_then_meters_then_declared_then_estimates():
     assert [s.name for s in registry()] == [
         "rapl", "amd_energy", "hwmon", "nvml", "powermetrics", "powergadget", "redfish",
-        "ipmi", "declared", "cpu_model", "ram_model"]
+        "ipmi", "declared", "cpu_model", "ram_model", "platform_model"]
     by_name = {s.name: s for s in registry()}
     assert by_name["cpu_model"].replaces == {"cpu"} and by_name["amd_energy"].replaces == {"cpu"}
     assert by_name["ram_model"].replaces == {"dram"}
+    assert by_name["platform_model"].replaces == {HOST, "platform"}
     assert by_name["ipmi"].replaces == {HOST} and by_name["redfish"].replaces == {HOST}
 
 
@@ -91,7 +92,7 @@ def test_a_probe_added_as_one_module_is_configured_discovered_and_listed(tmp_pat
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    at = lines.index("bench_psu     available")
+    at = next(n for n, line in enumerate(lines) if line.split() == ["bench_psu", "available"])
     assert lines[at + 1].strip() == "psu (other, measured)"
     assert lines[at + 2].strip() == "psu: 40 W from a bench supply"
     names = [line.split()[0] for line in lines if line and not line.startswith(" ")][:12]

@@ -158,7 +158,8 @@ def test_serve_writes_a_row_per_interval_and_the_html_report_renders_in_chromium
     tree = two_sockets_with_dram(tmp_path / "sys")
     log_path = tmp_path / "serve.csv"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\nprobes: {{disabled: [nvml]}}\n"
+    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
+                   "probes: {disabled: [nvml, platform_model]}\n"
                    f"carbon: {{region: FR}}\nemissions_log: {{path: {log_path}}}\n")
     port = free_port()
     with open(tmp_path / "serve.log", "wb") as out:

@@ -43,7 +43,7 @@ def test_carbonmeters_tracker_rows_with_a_flush_count_once(tmp_path, monkeypatch
     tree = one_socket(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)  # time fast-forwarded
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
-                   "probes: {disabled: [nvml, ram_model]}\n")
+                   "probes: {disabled: [nvml, ram_model, platform_model]}\n")
     tracker = EmissionsTracker(config=cfg, country_iso_code="FRA", pue=1.2)
     tracker.start()
     tree.advance("intel-rapl:0", 3600)

@@ -58,6 +58,7 @@ def serve_with_otlp(tmp: Path, receiver: Receiver, extra: str = "", *,
         FakeGpu("NVIDIA A100-SXM4-40GB", GPU_UUID, power_mw=0, energy_counter=True)])
     proc, target = start_serve(tmp, f"""
 paths: {{sysfs: {tmp / 'sys'}}}
+probes: {{disabled: [platform_model]}}
 carbon: {{region: FR, pue: 1.2}}
 otlp:
   endpoint: {receiver.endpoint}
