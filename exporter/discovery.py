@@ -52,7 +52,8 @@ class ProbeReport:
 
 def discover(cfg: Config) -> tuple[list[Probe], list[ProbeReport]]:
     """Start every probe that can run; report each one, running or not."""
-    paths = Paths(sysfs=Path(cfg.paths.sysfs), procfs=Path(cfg.paths.procfs))
+    paths = Paths(sysfs=Path(cfg.paths.sysfs), procfs=Path(cfg.paths.procfs),
+                  devfs=Path(cfg.paths.devfs))
     probes: list[Probe] = []
     reports: list[ProbeReport] = []
     measured: dict[str, str] = {}  # kind of device (or "host") -> the probe that measures it

@@ -110,6 +110,7 @@ class Paths:
 
     sysfs: Path = Path("/sys")
     procfs: Path = Path("/proc")
+    devfs: Path = Path("/dev")
 
 
 class Probe(Protocol):

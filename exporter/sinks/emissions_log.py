@@ -147,12 +147,19 @@ _nvml_state: dict[str, Any] = {}  # the pynvml module initialised here, or the o
 
 def _gpu_percent() -> float | None:
     """NVML's utilisation (the share of the last sample period a kernel ran), mean over the
-    GPUs. NVML is initialised once per process and kept."""
+    GPUs. NVML is initialised once per process and kept; on a host that cannot have it, not
+    even imported (carbonmeter.probes.nvml.nvml_absent)."""
     import sys
 
     module = sys.modules.get("pynvml")
     try:
         if module is None:
+            if _nvml_state.get("absent") is None:
+                from carbonmeter.probes.nvml import nvml_absent
+
+                _nvml_state["absent"] = nvml_absent(Path("/dev"))
+            if _nvml_state["absent"]:
+                return None
             import pynvml as module
         if _nvml_state.get("module") is not module:
             _nvml_state.update(module=module, ok=False)

@@ -45,8 +45,10 @@ def test_a_whole_host_meter_is_hw_host_only(tmp_path):
     fake_executable(bin_dir, "ipmitool", FAKES / "fake_ipmitool.py")
     watts = tmp_path / "watts"
     watts.write_text("350")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "ipmi0").touch()  # the BMC's device node, as ipmi_devintf makes it
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_IPMITOOL_CASE": "ok",
-           "FAKE_IPMITOOL_WATTS": str(watts),
+           "FAKE_IPMITOOL_WATTS": str(watts), "CARBONMETER_PATHS_DEVFS": str(tmp_path / "dev"),
            "OTEL_RESOURCE_ATTRIBUTES": "host.name=node-7.example.net"}
     with Receiver("http/protobuf") as receiver:
         proc, target = start_serve(tmp_path, f"""
