@@ -81,7 +81,7 @@ class Tracker:
             overrides["emissions_log.format"] = output_format
         if project_name is not None:
             overrides["emissions_log.project_name"] = project_name
-        self.cfg = config_module.load(config, overrides=overrides)
+        self.cfg = config_module.cached(config, overrides=overrides)
         from carbonmeter.carbon.resolve import resolve
 
         resolve(self.cfg.carbon)  # an unknown region fails here, not at start()
