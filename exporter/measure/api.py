@@ -29,19 +29,36 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from carbonmeter.measure.codecarbon import (
-    EmissionsData,
-    EmissionsTracker,
-    LoggerOutput,
-    OfflineEmissionsTracker,
-    OutputMethod,
-    track_emissions,
-)
 from carbonmeter.usage import Usage, usage_between
 
+if TYPE_CHECKING:
+    from carbonmeter.measure.codecarbon import (
+        EmissionsData,
+        EmissionsTracker,
+        LoggerOutput,
+        OfflineEmissionsTracker,
+        OutputMethod,
+        track_emissions,
+    )
+
 log = logging.getLogger(__name__)
+
+# CodeCarbon's interface (carbonmeter.measure.codecarbon, 15 ms of imports) loads on first use,
+# so `from carbonmeter import track` does not pay for it.
+_CODECARBON = ("EmissionsData", "EmissionsTracker", "LoggerOutput", "OfflineEmissionsTracker",
+               "OutputMethod", "track_emissions")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CODECARBON:
+        from carbonmeter.measure import codecarbon
+
+        value = getattr(codecarbon, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["EmissionsData", "EmissionsTracker", "LoggerOutput", "OfflineEmissionsTracker",
            "OutputMethod", "Task", "Tracker", "Usage", "track", "track_emissions"]
