@@ -17,14 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from carbonmeter.config import otel
 from carbonmeter.config.checks import check_value, check_whole, unknown_key
+from carbonmeter.config.defaults import DEFAULTS
 from carbonmeter.config.environ import apply_env
 from carbonmeter.config.errors import ConfigError
 from carbonmeter.config.schema import CORE, ENV_PREFIX, SECRET, Config, is_list, sections
-from carbonmeter.config.yamlfile import parse_yaml, read_mapping
+from carbonmeter.config.yamlfile import read_mapping
 
 
 def default_text() -> str:
@@ -36,7 +35,7 @@ def default_text() -> str:
 def _defaults() -> dict[str, Any]:
     """default.yaml, and for a section it does not list (a probe added without one) the
     defaults its dataclass gives."""
-    data = parse_yaml(default_text(), "built-in defaults")
+    data = copy.deepcopy(DEFAULTS)
     for name, cls in sections().items():
         if name in data:
             continue
@@ -160,4 +159,6 @@ def dump(cfg: Config) -> str:
             if f.metadata.get("secret") and value:
                 data[name][f.name] = ({k: SECRET for k in value} if isinstance(value, dict)
                                       else SECRET)
+    import yaml  # only `config check` writes YAML
+
     return yaml.safe_dump(data, sort_keys=False)
