@@ -129,7 +129,9 @@ class Tracker:
             raise RuntimeError("this tracker is already running")
         self._meter = Meter(self.cfg, interval=self.interval)
         self._start_snap = self._flushed_snap = self._meter.start()
-        self._flushed_load = read_load()
+        # the machine's CPU, RAM and GPU use are columns of the emissions log only: read them
+        # (psutil, NVML) for one
+        self._flushed_load = read_load() if self.cfg.emissions_log.path else None
         self._ctx = RowContext(self.cfg.emissions_log.project_name, new_run_id(),
                                self.experiment_id)
         self.result = None
@@ -167,7 +169,7 @@ class Tracker:
         from carbonmeter.measure.publish import finished
         from carbonmeter.sinks.emissions_log import open_log, read_load
 
-        load = read_load()
+        load = read_load() if self.cfg.emissions_log.path else None
         finished(whole, self._ctx, emissions_log=open_log(self.cfg.emissions_log),
                  cfg=self.cfg, rows_of=part, final=final, load=(self._flushed_load, load))
         self._flushed_load = load
