@@ -24,8 +24,9 @@ Which file, per process and interval (`python bench/attribution.py` measures the
 Files are opened once and kept open (one `pread` per interval instead of open, read,
 close). An fd on a /proc/<pid> file belongs to that task: once the task is reaped the read
 fails with ESRCH, even when the PID has been given to a new process, so a reused PID is never
-mistaken for the old process; the start time (field 22) is compared as well. The directory
-listing of /proc decides which PIDs exist. Records are parsed only when their bytes changed.
+mistaken for the old process; the start time (field 22) is compared as well. /proc is
+listed from the PID last handed out, for the processes started since (`ProcTable._pids`).
+Records are parsed only when their bytes changed.
 
 Times are clock ticks (USER_HZ, 100 on every Linux architecture that matters).
 """
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 STAT_EVERY = 10  # intervals: the longest a sleeping process's RSS may be stale
+TGID_OFFSET = 258  # fs/proc/base.c: /proc's directory offset of PID n is n + TGID_OFFSET
 _FD_RESERVE = 256  # descriptors left for sockets, probes and the rest of the exporter
 _RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -120,6 +122,11 @@ class ProcTable:
         self._open = 0
         self._tick = 0
         self._exiting: list[int] = []
+        self.listed = True  # the last refresh listed all of /proc (see _pids)
+        self._since: int | None = None  # the PID last handed out at the last refresh
+        self._dir = -1  # /proc, opened to list it from an offset
+        self._offsets_checked = False
+        self._loadavg = -1  # its fd; -2: no last PID to be had
         self.stat_reads = 0  # stat records read in the last refresh (the costly part)
 
     def refresh(self) -> tuple[list[Proc], list[Proc], list[Proc]]:
@@ -137,14 +144,8 @@ class ProcTable:
         self._exiting = exiting = []  # their children were handed to another parent
         pread, update = os.pread, self._update
         self.stat_reads = 0
-        try:
-            names = os.listdir(self.procfs)
-        except OSError:
-            names = []
-        for name in names:
-            if not name.isdigit():
-                continue
-            pid = int(name)
+        pids, listed = self._pids(tick)
+        for pid in pids:
             p = procs.pop(pid, None)
             ran = b""
             if p is not None and p.sfd >= 0 and p.threads == 1 and (pid + tick) % STAT_EVERY:
@@ -155,9 +156,13 @@ class ProcTable:
                 if ran == p.ran:  # it has not run since its stat was read
                     seen[pid] = p
                     continue
-            q = update(pid, name, p, ran, out)
+            q = update(pid, p, ran, out)
             if q is not None:
                 seen[pid] = q
+            elif p is not None and not listed:  # gone, as the listing would have said
+                self._close(p)
+                out[2].append(p)
+                exiting.append(pid)
         for p in procs.values():  # no longer listed
             self._close(p)
             out[2].append(p)
@@ -167,7 +172,86 @@ class ProcTable:
         self.procs = seen
         return out
 
-    def _update(self, pid: int, name: str, p: Proc | None, ran: bytes,
+    def _pids(self, tick: int) -> tuple[list[int], bool]:
+        """The PIDs to read: (pids, whether they are all that /proc lists).
+
+        Listing /proc costs the kernel about 1 us a process. PIDs are handed out in
+        increasing order until they wrap around at pid_max, and /proc lists them in order
+        from any offset (a directory offset is the PID plus TGID_OFFSET), so the processes
+        started since the last refresh are those listed from the PID last handed out then
+        (/proc/loadavg's last field) on: the known ones are read through their fds, whose
+        reads fail once a process is gone. All of /proc is listed on the first refresh,
+        after a wrap, every `STAT_EVERY` intervals, and always where the offsets or the last
+        PID cannot be trusted: /proc of another PID namespace than this process's
+        (loadavg's last PID is this process's namespace's), a tree that is not procfs.
+        """
+        last = self._last_pid()
+        since, self._since = self._since, last
+        self.listed = True
+        if since is not None and last is not None and since <= last and tick % STAT_EVERY:
+            try:
+                os.lseek(self._dir, since + 1 + TGID_OFFSET, os.SEEK_SET)
+                new = os.listdir(self._dir)
+            except OSError:
+                new = None
+            if new is not None:
+                self.listed = False
+                procs = self.procs
+                pids = list(procs)
+                pids += [pid for pid in map(int, filter(str.isdigit, new)) if pid not in procs]
+                return pids, False
+        try:
+            names = os.listdir(self.procfs)
+        except OSError:
+            return [], True
+        pids = [int(n) for n in names if n.isdigit()]
+        if self._dir < 0 and last is not None and not self._offsets_checked:
+            self._offsets_checked = True
+            self._dir = self._check_offsets(pids)
+            if self._dir < 0:
+                self._since = None
+        return pids, True
+
+    def _last_pid(self) -> int | None:
+        """The PID last handed out, where /proc is this process's own namespace's."""
+        if self._loadavg == -2:
+            return None
+        if self._loadavg == -1:
+            try:
+                if os.readlink(f"{self.procfs}/self") != str(os.getpid()):
+                    raise OSError("another PID namespace")
+                self._loadavg = os.open(f"{self.procfs}/loadavg", _RDONLY)
+            except OSError:
+                self._loadavg = -2
+                return None
+        try:
+            return int(os.pread(self._loadavg, 128, 0).rsplit(b" ", 1)[1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _check_offsets(self, pids: list[int]) -> int:
+        """A directory fd on /proc if listing it from PID + TGID_OFFSET starts at that PID
+        (and from one more, after it), else -1."""
+        if not pids:
+            return -1
+        pid = min(pids)
+        try:
+            fd = os.open(self.procfs, _RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return -1
+        try:
+            os.lseek(fd, pid + TGID_OFFSET, os.SEEK_SET)
+            at = [n for n in os.listdir(fd) if n.isdigit()][:1]
+            os.lseek(fd, pid + 1 + TGID_OFFSET, os.SEEK_SET)
+            after = [n for n in os.listdir(fd) if n.isdigit()][:1]
+        except OSError:
+            at = after = []
+        if at == [str(pid)] and after != at:
+            return fd
+        os.close(fd)
+        return -1
+
+    def _update(self, pid: int, p: Proc | None, ran: bytes,
                 out: tuple[list[Proc], list[Proc], list[Proc]]) -> Proc | None:
         """Read one process's stat: the process now at `pid` (None: unreadable, new), filed
         under started, changed or ended in `out`. `ran` is its schedstat record read just
@@ -180,6 +264,7 @@ class ProcTable:
             except OSError:  # ESRCH: that task is gone
                 self._close(p)
         if not data:
+            name = str(pid)
             fresh = p is None or (p.fd < 0 and p.sfd < 0)
             if fresh:  # a new process or a reused PID: schedstat first, as its baseline
                 ran, sfd = self._read(f"{self.procfs}/{name}/schedstat", keep=True)
@@ -191,7 +276,7 @@ class ProcTable:
                     sfd = self._drop(sfd)
                 if p is not None:
                     p.fd = fd
-                return p
+                return p if self.listed else None
             if fresh:
                 if p is not None:
                     p.fd, p.sfd = fd, sfd
@@ -245,8 +330,10 @@ class ProcTable:
         fresh = {id(p) for p in out[0]} | {id(p) for p in out[1]}
         for pid, p in list(seen.items()):
             if p.ppid in parents and id(p) not in fresh:
-                q = self._update(pid, str(pid), p, b"", out)
-                if q is None:
+                q = self._update(pid, p, b"", out)
+                if q is None:  # gone meanwhile
+                    self._close(p)
+                    out[2].append(p)
                     del seen[pid]
                 else:
                     seen[pid] = q
@@ -284,6 +371,12 @@ class ProcTable:
         for p in self.procs.values():
             self._close(p)
         self._open = 0
+        for fd in (self._dir, self._loadavg):
+            if fd >= 0:
+                os.close(fd)
+        self._dir = self._loadavg = -1
+        self._since = None
+        self._offsets_checked = False
 
 
 @dataclass(frozen=True, slots=True)
