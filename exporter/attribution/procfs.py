@@ -127,6 +127,9 @@ class ProcTable:
         self._dir = -1  # /proc, opened to list it from an offset
         self._offsets_checked = False
         self._loadavg = -1  # its fd; -2: no last PID to be had
+        self._n = 0  # processes listed at the last full listing
+        self._sfds = 0  # schedstat fds kept
+        self._sched_ok = True  # the kernel writes schedstat
         self.stat_reads = 0  # stat records read in the last refresh (the costly part)
 
     def refresh(self) -> tuple[list[Proc], list[Proc], list[Proc]]:
@@ -205,6 +208,7 @@ class ProcTable:
         except OSError:
             return [], True
         pids = [int(n) for n in names if n.isdigit()]
+        self._n = len(pids)
         if self._dir < 0 and last is not None and not self._offsets_checked:
             self._offsets_checked = True
             self._dir = self._check_offsets(pids)
@@ -265,27 +269,22 @@ class ProcTable:
                 self._close(p)
         if not data:
             name = str(pid)
-            fresh = p is None or (p.fd < 0 and p.sfd < 0)
-            if fresh:  # a new process or a reused PID: schedstat first, as its baseline
-                ran, sfd = self._read(f"{self.procfs}/{name}/schedstat", keep=True)
-                if ran.startswith(b"0 "):  # the kernel keeps no on-CPU time: always stat
-                    sfd = self._drop(sfd)
-            data, fd = self._read(f"{self.procfs}/{name}/stat", keep=True)
+            if p is None:  # a new process: schedstat first, as its baseline
+                ran, sfd = self._schedstat(name)
+            # stat fds come out of what is left once every process has a schedstat one
+            spare = self._budget - (self._n - self._sfds if self._sched_ok else 0)
+            data, fd = self._read(f"{self.procfs}/{name}/stat", keep=self._open < spare)
             if not data:
-                if fresh:
-                    sfd = self._drop(sfd)
-                if p is not None:
-                    p.fd = fd
-                return p if self.listed else None
-            if fresh:
-                if p is not None:
-                    p.fd, p.sfd = fd, sfd
-                else:
-                    p = Proc(pid, -1, b"", 0, 0, 0, 0, fd=fd, sfd=sfd)
-                    p.ran = ran
-                    return self._start(p, data, out)
-            elif p is not None:
+                if p is None:
+                    self._drop_sched(sfd)
+                    return None
                 p.fd = fd
+                return p if self.listed else None
+            if p is None:
+                p = Proc(pid, -1, b"", 0, 0, 0, 0, fd=fd, sfd=sfd)
+                p.ran = ran
+                return self._start(p, data, out)
+            p.fd = fd
         assert p is not None
         digest = hash(data)
         if digest == p.raw:
@@ -310,6 +309,8 @@ class ProcTable:
         q.ran = ran
         p.fd = p.sfd = -1
         out[2].append(p)
+        if q.sfd < 0:  # after its stat: a run in between shows at the next change
+            q.ran, q.sfd = self._schedstat(str(pid))
         return self._start(q, data, out)
 
     def _start(self, p: Proc, data: bytes, out: tuple[list[Proc], ...]) -> Proc | None:
@@ -354,15 +355,32 @@ class ProcTable:
         os.close(fd)
         return data, -1
 
+    def _schedstat(self, name: str) -> tuple[bytes, int]:
+        """(record, fd kept or -1) of a new process's schedstat."""
+        ran, sfd = self._read(f"{self.procfs}/{name}/schedstat", keep=self._sched_ok)
+        if not ran or ran == b"0 0 0\n":  # a kernel without CONFIG_SCHED_INFO
+            self._sched_ok = False
+        if sfd >= 0:
+            if ran.startswith(b"0 "):  # no on-CPU time kept for it: its stat every time
+                sfd = self._drop(sfd)
+            else:
+                self._sfds += 1
+        return ran, sfd
+
     def _drop(self, fd: int) -> int:
         if fd >= 0:
             os.close(fd)
             self._open -= 1
         return -1
 
+    def _drop_sched(self, sfd: int) -> int:
+        if sfd >= 0:
+            self._sfds -= 1
+        return self._drop(sfd)
+
     def _close(self, p: Proc) -> None:
         p.fd = self._drop(p.fd)
-        p.sfd = self._drop(p.sfd)
+        p.sfd = self._drop_sched(p.sfd)
 
     def cgroup_of(self, pid: int) -> bytes:
         return cgroup_of(self.procfs, pid)
@@ -370,7 +388,7 @@ class ProcTable:
     def close(self) -> None:
         for p in self.procs.values():
             self._close(p)
-        self._open = 0
+        self._open = self._sfds = 0
         for fd in (self._dir, self._loadavg):
             if fd >= 0:
                 os.close(fd)
