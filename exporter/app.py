@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from carbonmeter import state
 from carbonmeter.config import Config, ConfigError, parse_listen
 from carbonmeter.discovery import discover, unavailable
+from carbonmeter.periodic import Periodic
 from carbonmeter.sampler import Sampler
 from carbonmeter.sinks.prometheus import PrometheusSink
 
@@ -183,6 +184,9 @@ def build(cfg: Config) -> App:
         sampler.close()
         raise
     sinks = _sinks(cfg, sampler, store)
+    for step in (*(live.pollers if live else ()), *sinks):
+        if isinstance(step, Periodic):  # on the loop's clock: one wake-up per interval
+            sampler.ticks.add(step)
     parts.extend(sinks)
     parts.append(endpoint)
     for sink in (*sinks, endpoint):

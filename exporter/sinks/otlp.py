@@ -4,8 +4,9 @@ Imported only when OTLP is enabled: opentelemetry, protobuf and grpc cost start-
 and memory that a Prometheus-only exporter must not pay.
 
 Observable instruments read the same immutable snapshot as /metrics, so OTLP and
-Prometheus agree to the last digit. The SDK's PeriodicExportingMetricReader collects
-and exports on its own thread: a collector that is down or slow delays nothing else.
+Prometheus agree to the last digit. Collections are paced by the sampler (a
+`carbonmeter.periodic.Periodic`: the SDK reader's own timer thread is off) and run on this
+sink's worker, so a collector that is down or slow delays nothing else.
 The SDK exporter retries within `timeout_seconds` and logs every attempt; those lines
 are held back, and one line says when the collector went away (with the SDK's reason)
 and one when it came back. With cumulative temporality (the default) nothing is lost
@@ -22,6 +23,7 @@ the components stay hw.energy beside it. hw.type takes only the conventions' enu
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -41,6 +43,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from carbonmeter.config import OtlpConfig
+from carbonmeter.periodic import Periodic
 from carbonmeter.probes.base import HOST, Device, relative_error
 from carbonmeter.sinks.outage import Outage
 from carbonmeter.snapshot import DeviceTotal, Snapshot
@@ -236,15 +239,14 @@ def _sdk_exporter(cfg: OtlpConfig, session: typing.Any) -> MetricExporter:
                         timeout=cfg.timeout_seconds, preferred_temporality=temporality)
 
 
-class OtlpSink:
+class OtlpSink(Periodic):
     """Exports every `cfg.interval_seconds` from start() until close(), which exports once
-    more; `delivered` says whether that last export arrived. The SDK's reader exports on its
-    own thread."""
+    more; `delivered` says whether that last export arrived."""
 
-    name = "otlp"
     cursor = "otlp"
 
     def __init__(self, cfg: OtlpConfig, latest: Callable[[], Snapshot]) -> None:
+        super().__init__("otlp", cfg.interval_seconds)
         self.cfg = cfg
         self.what = f"OTLP export to {cfg.endpoint} ({cfg.protocol})"
         self.held = _HeldLogs()
@@ -274,14 +276,18 @@ class OtlpSink:
                 finally:
                     sink._pinned = None
 
-        self.reader = Reader(self.exporter,
-                             export_interval_millis=cfg.interval_seconds * 1000,
+        # an infinite interval: the reader starts no thread; tick() collects
+        self.reader = Reader(self.exporter, export_interval_millis=math.inf,
                              export_timeout_millis=cfg.timeout_seconds * 1000)
         self.provider = MeterProvider(metric_readers=[self.reader], resource=self.resource,
                                       shutdown_on_exit=False)
         self._instruments(self.provider)
+        super().start()
         log.info("%s every %gs, %s temporality", self.what, cfg.interval_seconds,
                  cfg.temporality)
+
+    def tick(self) -> None:
+        self.reader.collect(timeout_millis=self.cfg.timeout_seconds * 1000)
 
     def _snapshot(self) -> Snapshot:
         return self._pinned if self._pinned is not None else self._latest()
@@ -394,9 +400,16 @@ class OtlpSink:
     def delivered(self) -> bool:
         return self.exporter.delivered
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Export the latest totals once more and stop."""
+        super().close(self.cfg.timeout_seconds + 1 if timeout is None else timeout)
+
+    def final(self) -> None:
         if self.provider is not None:
+            try:
+                self.tick()
+            except Exception as e:  # the exporter's own failures are outages, said above
+                log.warning("%s: the final collection failed: %s", self.what, e)
             self.provider.shutdown(timeout_millis=self.cfg.timeout_seconds * 1000 + 1000)
             if not self.exporter.delivered:
                 log.warning("%s: the final export did not arrive; the collector keeps the "
