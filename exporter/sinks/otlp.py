@@ -297,16 +297,18 @@ class OtlpSink(Periodic):
         hw.parent where the device it sits in is exported too."""
         totals = self._snapshot().devices
         by_id = {t.device.id: t.device for t in totals}
-        out = []
-        for t in totals:
-            if t.device.scope == HOST:
-                continue
-            key = (t.device, by_id.get(t.device.parent) if t.device.parent else None)
-            attrs = self._attrs.get(key)
-            if attrs is None:
-                attrs = self._attrs[key] = device_attributes(*key)
-            out.append((t, attrs))
-        return out
+        return [(t, self._attributes(t.device, by_id)) for t in totals
+                if t.device.scope != HOST]
+
+    def _attributes(self, d: Device, by_id: dict[str, Device]) -> dict[str, str]:
+        """A device's attributes, made once; a whole-host meter's are the host's."""
+        if d.scope == HOST:
+            return self._host
+        key = (d, by_id.get(d.parent) if d.parent else None)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attrs[key] = device_attributes(*key)
+        return attrs
 
     def _instruments(self, provider: MeterProvider) -> None:
         meter = provider.get_meter("carbonmeter", version())
@@ -322,7 +324,9 @@ class OtlpSink(Periodic):
             return [Observation(t.emissions_g, a) for t, a in self._components()]
 
         def estimate_error(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(e, self._device(t.device)) for t in self._snapshot().devices
+            totals = self._snapshot().devices
+            by_id = {t.device.id: t.device for t in totals}
+            return [Observation(e, self._attributes(t.device, by_id)) for t in totals
                     if (e := relative_error(t.device, t.power_w)) is not None]
 
         def host_energy(_: CallbackOptions) -> Iterable[Observation]:
