@@ -248,13 +248,13 @@ def _sinks(cfg: Config, sampler: Sampler, store: state.Store | None) -> list[Sin
         if restored is not None:
             sampler.restore(restored, boot)
         out.append(Checkpointer(store, boot, sampler.export, cfg.state.checkpoint_seconds))
-    from carbonmeter.sinks.emissions_log import EmissionsLogSink, RowContext, new_run_id, open_log
+    if cfg.emissions_log.path:  # csv, uuid and the row code load only for a log
+        from carbonmeter.sinks import emissions_log as rows
 
-    emissions_log = open_log(cfg.emissions_log)
-    if emissions_log is not None:
-        out.append(EmissionsLogSink(emissions_log, lambda: sampler.latest,
-                                    cfg.sampler.interval_seconds,
-                                    RowContext(cfg.emissions_log.project_name, new_run_id())))
+        out.append(rows.EmissionsLogSink(
+            rows.open_log(cfg.emissions_log), lambda: sampler.latest,
+            cfg.sampler.interval_seconds,
+            rows.RowContext(cfg.emissions_log.project_name, rows.new_run_id())))
     if cfg.otlp.enabled:
         try:
             from carbonmeter.sinks.otlp import OtlpSink

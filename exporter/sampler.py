@@ -78,6 +78,7 @@ class Sampler:
         self._failures = {p.name: 0 for p in probes}
         self._skip = {p.name: 0 for p in probes}  # samples to skip before the next try
         self._seen: set[str] = set()
+        self._statuses: tuple[ProbeStatus, ...] | None = None  # None: to be made again
         self._seq = 0
         # sample() may also be called from outside the loop (`carbonmeter run`, the API
         # reading at a task boundary): one sample at a time keeps the accounting whole.
@@ -105,6 +106,7 @@ class Sampler:
             if self.embodied is not None:
                 self.embodied.restore(restored.embodied)
             self._orphans = self._restored_orphans(restored.devices)
+            self._statuses = None
             self.latest = self._publish(self.latest.intensity)
         what = f"{len(restored.devices)} device(s)"
         if self.attributor is not None and restored.attribution is not None:
@@ -205,6 +207,7 @@ class Sampler:
 
     def _fail(self, name: str, message: str, *, count: int, up: bool = False) -> None:
         self._errors[name] += count
+        self._statuses = None
         if message != self._last_error[name]:  # log changes, not every interval
             log.warning("probe %s: %s", name, message)
         self._last_error[name] = message
@@ -217,6 +220,7 @@ class Sampler:
     def _recovered(self, name: str) -> None:
         if not self._up[name] or self._last_error[name]:
             log.info("probe %s: recovered", name)
+            self._statuses = None
         self._up[name] = True
         self._last_error[name] = ""
         self._failures[name] = 0
@@ -235,16 +239,22 @@ class Sampler:
             host_emissions_g=emissions,
             intensity=intensity,
             pue=self.accounting.pue,
-            probes=(*(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
-                                  self._last_error[p.name]) for p in self.probes),
-                    *(ProbeStatus(name, False, 0, self.unavailable[name])
-                      for name in self._orphans)),
+            probes=self._probe_statuses(),
             providers=self.providers() if self.providers is not None else (),
             embodied=self.embodied.totals() if self.embodied is not None else (),
             attribution=self.attributor.view() if self.attributor is not None else None,
             metered=self.metered,
             host_estimated_energy_j=host_estimated(totals, metered=self.metered),
         )
+
+    def _probe_statuses(self) -> tuple[ProbeStatus, ...]:
+        """Made again only after a failure or a recovery: most samples share the last."""
+        if self._statuses is None:
+            self._statuses = (
+                *(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
+                              self._last_error[p.name]) for p in self.probes),
+                *(ProbeStatus(name, False, 0, self.unavailable[name]) for name in self._orphans))
+        return self._statuses
 
     def run(self, *, first_now: bool = True) -> None:
         """Sample every `interval` seconds until close(); late samples are not bunched.

@@ -22,6 +22,7 @@ the components stay hw.energy beside it. hw.type takes only the conventions' enu
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -203,7 +204,8 @@ def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-def _sdk_exporter(cfg: OtlpConfig, session: typing.Any) -> MetricExporter:
+def _sdk_exporter(cfg: OtlpConfig, session: typing.Any = None,
+                  transport: typing.Any = None) -> MetricExporter:
     # Explicit, so the SDK's own reading of OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
     # cannot contradict the resolved configuration. Gauges have no temporality.
     temporality = {ObservableCounter: AggregationTemporality.DELTA
@@ -233,10 +235,32 @@ def _sdk_exporter(cfg: OtlpConfig, session: typing.Any) -> MetricExporter:
         OTLPMetricExporter as HttpExporter,
     )
 
+    if transport is not None:
+        return HttpExporter(endpoint=cfg.endpoint, headers=headers, timeout=cfg.timeout_seconds,
+                            preferred_temporality=temporality, _transport=transport)
     return HttpExporter(endpoint=cfg.endpoint, certificate_file=cfg.certificate,
                         client_certificate_file=cfg.client_certificate,
                         client_key_file=cfg.client_key, headers=headers, session=session,
                         timeout=cfg.timeout_seconds, preferred_temporality=temporality)
+
+
+def _http_client(cfg: OtlpConfig) -> tuple[typing.Any, typing.Any]:
+    """(session, transport), one of them None, which sends OTLP/HTTP and remembers its last
+    error: http.client where the SDK takes a transport and no proxy applies
+    (carbonmeter.sinks.otlp_http), else a requests session."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpExporter,
+    )
+
+    if "_transport" in inspect.signature(HttpExporter.__init__).parameters:
+        from carbonmeter.sinks import otlp_http
+
+        if otlp_http.direct(cfg.endpoint):
+            cert = cfg.client_certificate
+            return None, otlp_http.Transport(
+                verify=cfg.certificate or True,
+                cert=(cert, cfg.client_key) if cert and cfg.client_key else cert)
+    return _http_session(), None
 
 
 class OtlpSink(Periodic):
@@ -254,9 +278,10 @@ class OtlpSink(Periodic):
         sdk_logs.addHandler(self.held)
         sdk_logs.propagate = False
         self.outage = Outage(log, self.what, cfg.interval_seconds)
-        session = _http_session() if cfg.protocol == "http/protobuf" else None
-        self.exporter = _OutageLogged(_sdk_exporter(cfg, session), self.outage, self.held,
-                                      session)
+        session, transport = (_http_client(cfg) if cfg.protocol == "http/protobuf"
+                              else (None, None))
+        self.exporter = _OutageLogged(_sdk_exporter(cfg, session, transport), self.outage,
+                                      self.held, session or transport)
         self._latest = latest
         self._pinned: Snapshot | None = None
         self._attrs: dict[tuple[Device, Device | None], dict[str, str]] = {}
