@@ -532,7 +532,8 @@ def open_log(cfg_log: Any, *, path: str | None = None, fmt: str | None = None) \
 
 
 class EmissionsLogSink(Periodic):
-    """`serve`: one row per sampler snapshot, written by its own thread, never the loop's.
+    """`serve`: one row per sampler snapshot, written on the sampler's thread after the
+    sample (see carbonmeter.periodic: one append and fsync, milliseconds).
 
     Each row is the difference between the last snapshot written and the newest one, so a
     snapshot skipped (a slow disk) only makes the next row longer; nothing is lost. At close,
@@ -540,6 +541,7 @@ class EmissionsLogSink(Periodic):
     """
 
     cursor = None
+    inline = True
 
     def __init__(self, log_: EmissionsLog, latest: Callable[[], Any], interval: float,
                  ctx: RowContext) -> None:
