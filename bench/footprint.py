@@ -37,8 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    ROOT,
     FixtureHost,
     carbonmeter,
+    compiled,
     cpu_seconds,
     free_port,
     median,
@@ -260,6 +262,8 @@ def main() -> None:
     ap.add_argument("--against", type=Path, metavar="CHECKOUT",
                     help="also run this checkout's carbonmeter (CHECKOUT/.venv) alongside")
     args = ap.parse_args()
+    for checkout in (ROOT, *([args.against] if args.against else [])):
+        compiled(checkout)
     peer = None if args.no_peers else peer_python("codecarbon", CODECARBON, "codecarbon")
     with tempfile.TemporaryDirectory() as tmp, FixtureHost(Path(tmp)) as host:
         parts = [

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import FixtureHost, carbonmeter, median, peer_python, table, write_result
+from common import FixtureHost, carbonmeter, compiled, median, peer_python, table, write_result
 
 CODECARBON = "codecarbon>=3.3,<3.4"
 TRACK_LOOP = """
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--no-peers", action="store_true", help="skip CodeCarbon")
     args = ap.parse_args()
+    compiled()
     true = [*carbonmeter(), "run"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, FixtureHost(Path(tmp)) as host:
