@@ -4,9 +4,11 @@
 
 Measured, per interval (median of --repeat intervals after a warm-up one):
 
-- reading /proc/<pid>/stat of every process, on this machine's real /proc with that many
-  sleeping processes started for the purpose (besides the machine's own; they are stopped at
-  the end), and a whole process-level interval there;
+- refreshing the process table (schedstat of every process, stat of those that ran and of a
+  tenth of the rest, /proc listed from the last PID), on this machine's real /proc with that
+  many sleeping processes started for the purpose (besides the machine's own; they are
+  stopped at the end); what the kernel alone takes for one pread of every process's stat and
+  of its schedstat; and a whole process-level interval there;
 - the same on fixture trees (tests/fixtures/node.py) with 10 % of the processes busy in each
   interval, at process, container and pod level, for cgroup v2 and v1 layouts;
 - what the ledger adds to a checkpoint of the state file (turning it into JSON, as the
@@ -122,11 +124,13 @@ def real(counts: list[int], repeat: int) -> list[tuple[str, int, float]]:
         try:
             total = sum(1 for d in os.listdir("/proc") if d.isdigit())
             table = ProcTable("/proc", fd_budget=fd_budget())
-            out.append(("read /proc/<pid>/stat, real /proc", total,
+            out.append(("refresh the process table, real /proc", total,
                         median_ms(table.refresh, repeat)))
-            fds = [p.fd for p in table.procs.values() if p.fd >= 0]
-            out.append(("  of which the kernel: one pread each", len(fds),
-                        median_ms(lambda fds=fds: preads(fds), repeat)))
+            for what, fds in (("stat", [p.fd for p in table.procs.values() if p.fd >= 0]),
+                              ("schedstat", [p.sfd for p in table.procs.values()
+                                             if p.sfd >= 0])):
+                out.append((f"  kernel alone: one pread of each {what}", len(fds),
+                            median_ms(lambda fds=fds: preads(fds), repeat)))
             table.close()
             a = attributor("/proc", "/sys", "process")
             out.append(("process level interval, real /proc", total,
@@ -158,7 +162,7 @@ def fixtures(counts: list[int], repeat: int, base: Path) -> list[tuple[str, int,
             cgroups = len(node.cgroups)
             if layout == "v2":
                 table = ProcTable(str(node.procfs), fd_budget=fd_budget())
-                out.append(("read /proc/<pid>/stat, fixture", len(pids),
+                out.append(("refresh the process table, fixture", len(pids),
                             median_ms(table.refresh, repeat, busy)))
                 table.close()
                 a = attributor(str(node.procfs), str(node.sysfs), "process")

@@ -5,15 +5,23 @@ publish a snapshot) in a tight loop for a few seconds gives the maximum sustaine
 and the CPU of one sample; rendering the exposition of a fresh snapshot is timed the same way,
 since at most one render happens per sample whatever the number of scrapes.
 
-Usage: python bench/sampling.py [--seconds S]
+A sample in `serve` is not warm: the loop sleeps a whole interval, and wakes to cold caches.
+So the same sampler also runs its own loop (one sample per `--interval`, as in `serve`), and
+beside it a thread that wakes as often and does nothing: the floor any sampling thread of
+this interpreter pays per interval on this machine. Both are timed on the process's CPU
+clock (all threads, the scheduler's nanoseconds).
+
+Usage: python bench/sampling.py [--seconds S] [--interval S] [--woken N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import runpy
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,9 +44,42 @@ def loop(fn, seconds: float) -> tuple[int, float, float]:
     return n, time.perf_counter() - w0, time.process_time() - c0
 
 
+def threads_cpu(leave_out: int | None) -> float:
+    """CPU seconds of this process's live threads but one (the fixture's own, which
+    advances the counters 20 times a second), from the scheduler's nanoseconds."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        if task.name != str(leave_out):
+            with contextlib.suppress(OSError):
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def woken(fn, interval: float, n: int, leave_out: int | None) -> float:
+    """CPU seconds per wake-up of a thread that sleeps `interval` and then calls fn, n times
+    (every thread but the fixture's: a probe's read thread counts; the main one sleeps)."""
+    done = threading.Event()
+
+    def run() -> None:
+        for _ in range(n):
+            if done.wait(interval):
+                return
+            fn()
+
+    t = threading.Thread(target=run)
+    c0 = threads_cpu(leave_out)
+    t.start()
+    time.sleep(interval * (n - 0.5))  # the thread's CPU is read while it lives
+    c1 = threads_cpu(leave_out)
+    t.join()
+    return (c1 - c0) / (n - 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--interval", type=float, default=1.0, help="for the woken rows")
+    ap.add_argument("--woken", type=int, default=20, help="wake-ups timed per woken row")
     args = ap.parse_args()
     from carbonmeter import config
     from carbonmeter.carbon.resolve import resolve
@@ -60,6 +101,9 @@ def main() -> None:
             renderer.render("", False)
 
         rn, rwall, rcpu = loop(render, args.seconds)
+        fixture = host._thread.native_id
+        idle = woken(lambda: None, args.interval, args.woken, fixture)
+        cold = woken(sampler.sample, args.interval, args.woken, fixture)
         per_probe = []
         for p in probes:
             pn, pw, pc = loop(p.read, args.seconds / 2)
@@ -72,12 +116,18 @@ def main() -> None:
         *per_probe,
         ["render one new snapshot (text format)", f"{rwall / rn * 1e6:.1f}",
          f"{rcpu / rn * 1e6:.1f}", ""],
+        [f"sample() woken every {args.interval:g} s, as in serve", "", f"{cold * 1e6:.1f}", ""],
+        [f"a thread woken every {args.interval:g} s doing nothing", "", f"{idle * 1e6:.1f}",
+         ""],
     ]
     at_10hz = (cpu / n) * 10 * 100
     write_result("sampling", "Sampling rate and cost per sample",
                  table(["operation", "wall µs", "CPU µs", "max sustained samples/s"], rows),
                  notes=f"At 10 Hz one sample costs {at_10hz:.3f} % of a core in the loop "
-                       "itself (bench/footprint.py measures the whole process at 0.1 s).")
+                       "itself (bench/footprint.py measures the whole process at 0.1 s). "
+                       f"Woken every {args.interval:g} s: {cold * 3600 / args.interval:.2f} s "
+                       f"of CPU an hour, of which {idle * 3600 / args.interval:.2f} s is the "
+                       "wake-up alone.")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from carbonmeter import state
 from carbonmeter.config import Config, ConfigError, parse_listen
 from carbonmeter.discovery import discover, unavailable
+from carbonmeter.periodic import Periodic
 from carbonmeter.sampler import Sampler
 from carbonmeter.sinks.prometheus import PrometheusSink
 
@@ -183,6 +184,9 @@ def build(cfg: Config) -> App:
         sampler.close()
         raise
     sinks = _sinks(cfg, sampler, store)
+    for step in (*(live.pollers if live else ()), *sinks):
+        if isinstance(step, Periodic):  # on the loop's clock: one wake-up per interval
+            sampler.ticks.add(step)
     parts.extend(sinks)
     parts.append(endpoint)
     for sink in (*sinks, endpoint):
@@ -244,13 +248,13 @@ def _sinks(cfg: Config, sampler: Sampler, store: state.Store | None) -> list[Sin
         if restored is not None:
             sampler.restore(restored, boot)
         out.append(Checkpointer(store, boot, sampler.export, cfg.state.checkpoint_seconds))
-    from carbonmeter.sinks.emissions_log import EmissionsLogSink, RowContext, new_run_id, open_log
+    if cfg.emissions_log.path:  # csv, uuid and the row code load only for a log
+        from carbonmeter.sinks import emissions_log as rows
 
-    emissions_log = open_log(cfg.emissions_log)
-    if emissions_log is not None:
-        out.append(EmissionsLogSink(emissions_log, lambda: sampler.latest,
-                                    cfg.sampler.interval_seconds,
-                                    RowContext(cfg.emissions_log.project_name, new_run_id())))
+        out.append(rows.EmissionsLogSink(
+            rows.open_log(cfg.emissions_log), lambda: sampler.latest,
+            cfg.sampler.interval_seconds,
+            rows.RowContext(cfg.emissions_log.project_name, rows.new_run_id())))
     if cfg.otlp.enabled:
         try:
             from carbonmeter.sinks.otlp import OtlpSink

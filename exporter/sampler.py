@@ -21,6 +21,7 @@ from carbonmeter.accounting import Accounting, EnergyDelta, Refused
 from carbonmeter.carbon.intensity import Intensity, IntensitySource
 from carbonmeter.embodied import Embodied
 from carbonmeter.guard import GuardedProbe
+from carbonmeter.periodic import Ticks
 from carbonmeter.probes.base import HOST, Probe, ProbeRead
 from carbonmeter.snapshot import (
     ProbeStatus,
@@ -70,18 +71,26 @@ class Sampler:
         self.metered = any(d.scope == HOST for p in probes for d in p.devices)
         self._guards = [GuardedProbe(p, clock, inline=probe_timeout is None
                                      or not p.may_block) for p in probes]
+        self._submit_order = sorted(self._guards, key=lambda g: not g.inline)
         self._errors = {p.name: 0 for p in probes}
         self._last_error = {p.name: "" for p in probes}
         self._up = {p.name: True for p in probes}
         self._failures = {p.name: 0 for p in probes}
         self._skip = {p.name: 0 for p in probes}  # samples to skip before the next try
         self._seen: set[str] = set()
+        self._statuses: tuple[ProbeStatus, ...] | None = None  # None: to be made again
         self._seq = 0
         # sample() may also be called from outside the loop (`carbonmeter run`, the API
         # reading at a task boundary): one sample at a time keeps the accounting whole.
         self._sample_lock = threading.Lock()
         self._lock = threading.Lock()  # accounting: the sampler writes, checkpoints read
-        self._stop = threading.Event()
+        # What else runs on the loop's clock, after each sample (carbonmeter.periodic): the
+        # loop is the process's one timer.
+        self.ticks = Ticks()
+        # A bare lock, held until close(): the loop's one timed wait per interval is an
+        # acquire with a timeout, with no Condition and no waiter lock made each time.
+        self._stop = threading.Lock()
+        self._stop.acquire()
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # when the loop last finished a sample
         self.latest: Snapshot = self._publish(intensity.current())
@@ -97,6 +106,7 @@ class Sampler:
             if self.embodied is not None:
                 self.embodied.restore(restored.embodied)
             self._orphans = self._restored_orphans(restored.devices)
+            self._statuses = None
             self.latest = self._publish(self.latest.intensity)
         what = f"{len(restored.devices)} device(s)"
         if self.attributor is not None and restored.attribution is not None:
@@ -139,14 +149,17 @@ class Sampler:
             return self._sample()
 
     def _sample(self) -> Snapshot:
-        started = []
-        for g in self._guards:
+        started = set()
+        # The reads done here first, then those handed to a thread: a thread woken while
+        # this one still runs Python would only wait for the interpreter lock.
+        for g in self._submit_order:
             if self._skip[g.name] > 0:
                 self._skip[g.name] -= 1
             elif g.submit(g.probe.read):  # False while an abandoned read is still stuck
-                started.append(g)
+                started.add(g)
         deadline = time.monotonic() + self.probe_timeout
-        outcomes = [(g, g.wait(deadline - time.monotonic())) for g in started]
+        outcomes = [(g, g.wait(deadline - time.monotonic())) for g in self._guards
+                    if g in started]
         intensity = self.intensity.current()  # one value prices this whole interval
         read_now: set[str] = set()
         deltas: list[EnergyDelta] = []
@@ -194,6 +207,7 @@ class Sampler:
 
     def _fail(self, name: str, message: str, *, count: int, up: bool = False) -> None:
         self._errors[name] += count
+        self._statuses = None
         if message != self._last_error[name]:  # log changes, not every interval
             log.warning("probe %s: %s", name, message)
         self._last_error[name] = message
@@ -206,6 +220,7 @@ class Sampler:
     def _recovered(self, name: str) -> None:
         if not self._up[name] or self._last_error[name]:
             log.info("probe %s: recovered", name)
+            self._statuses = None
         self._up[name] = True
         self._last_error[name] = ""
         self._failures[name] = 0
@@ -224,10 +239,7 @@ class Sampler:
             host_emissions_g=emissions,
             intensity=intensity,
             pue=self.accounting.pue,
-            probes=(*(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
-                                  self._last_error[p.name]) for p in self.probes),
-                    *(ProbeStatus(name, False, 0, self.unavailable[name])
-                      for name in self._orphans)),
+            probes=self._probe_statuses(),
             providers=self.providers() if self.providers is not None else (),
             embodied=self.embodied.totals() if self.embodied is not None else (),
             attribution=self.attributor.view() if self.attributor is not None else None,
@@ -235,12 +247,22 @@ class Sampler:
             host_estimated_energy_j=host_estimated(totals, metered=self.metered),
         )
 
+    def _probe_statuses(self) -> tuple[ProbeStatus, ...]:
+        """Made again only after a failure or a recovery: most samples share the last."""
+        if self._statuses is None:
+            self._statuses = (
+                *(ProbeStatus(p.name, self._up[p.name], self._errors[p.name],
+                              self._last_error[p.name]) for p in self.probes),
+                *(ProbeStatus(name, False, 0, self.unavailable[name]) for name in self._orphans))
+        return self._statuses
+
     def run(self, *, first_now: bool = True) -> None:
         """Sample every `interval` seconds until close(); late samples are not bunched.
         `first_now=False` waits one interval first (the caller has just sampled)."""
         deadline = time.monotonic() + (0.0 if first_now else self.interval)
         failed = ""
-        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
+        stop = self._stop
+        while not stop.acquire(timeout=max(0.0, deadline - time.monotonic())):
             try:
                 self.sample()
                 failed = ""
@@ -248,6 +270,7 @@ class Sampler:
                 if repr(e) != failed:  # turns 503 while it lasts: no sample finishes)
                     log.exception("sampler: a sample failed")
                 failed = repr(e)
+            self.ticks.poke()  # never raises: each step logs its own failures
             deadline += self.interval
             now = time.monotonic()
             if deadline < now:  # fell behind (a stopped process): skip, don't catch up
@@ -260,7 +283,8 @@ class Sampler:
 
     def close(self) -> None:
         """End the loop after the sample in progress, and close every probe."""
-        self._stop.set()
+        if self._stop.locked():
+            self._stop.release()
         if self._thread is not None:
             self._thread.join(timeout=10)
         for g in self._guards:

@@ -160,7 +160,10 @@ def usage_between(a: Snapshot, b: Snapshot, *, name: str = "", tasks: tuple[Usag
 
 def _tree_between(a: Snapshot, b: Snapshot) -> dict[str, object]:
     """The process tree's part of the span, when a process-tree attributor shares the
-    machine's energy (`Meter.attach`): the difference of its cumulative shares."""
+    machine's energy (`Meter.attach`): the difference of its cumulative shares. Without one
+    (track()), the attribution package (about 40 ms of imports) is not loaded."""
+    if b.attribution is None:
+        return {}
     from carbonmeter.attribution.view import TreeShare, tree_share
 
     end = tree_share(b.attribution)

@@ -12,6 +12,7 @@ tests; neither discovery nor the configuration code lists probes by name.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,7 @@ class Paths:
 
     sysfs: Path = Path("/sys")
     procfs: Path = Path("/proc")
+    devfs: Path = Path("/dev")
 
 
 class Probe(Protocol):
@@ -124,6 +126,11 @@ class Probe(Protocol):
       `notes()` turns into the lines `carbonmeter probes` prints under the probe.
     - `idle_watts()`: the power a model assumes for its devices at rest, for attribution's
       idle share; measured probes know none.
+    - `reader()`: what one measurement reads. A measurement of code reuses the probes
+      discovered once in the process (carbonmeter.discovery.shared), so each takes a reader:
+      by default the probe itself behind a lock, which the reader never closes; a probe that
+      keeps state between reads (a load model's previous /proc/stat times) gives each reader
+      its own, so overlapping measurements do not disturb each other.
     """
 
     name: str
@@ -149,6 +156,41 @@ class Probe(Protocol):
     def idle_watts(self) -> dict[str, float]:
         """Device id -> the power this probe's model assumes at rest."""
         return {}
+
+    def reader(self) -> Probe:
+        """A reader of this probe for one measurement; closing it leaves the probe open."""
+        return SharedReader(self)
+
+
+class SharedReader(Probe):
+    """A discovered probe as one of several measurements reads it: reads are serialised (a
+    probe's handles need not be safe from two threads), and close() leaves the probe, which
+    discovery owns, open."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.name = probe.name
+        self.devices = probe.devices
+        self.covers = probe.covers
+        self.may_block = probe.may_block
+        # one lock per probe, whoever reads it (setdefault is atomic)
+        self._lock = vars(probe).setdefault("_read_lock", threading.Lock())
+
+    def read(self) -> ProbeRead:
+        with self._lock:
+            return self.probe.read()
+
+    def close(self) -> None:
+        pass
+
+    def notes(self) -> tuple[str, ...]:
+        return self.probe.notes()
+
+    def idle_watts(self) -> dict[str, float]:
+        return self.probe.idle_watts()
+
+    def reader(self) -> Probe:
+        return SharedReader(self.probe)
 
 
 def limits(**checks: Any) -> dict[str, Any]:

@@ -14,12 +14,14 @@ faster than that, and put idle at 12 % of TDP whatever the CPU.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from carbonmeter.probes.base import (
     Device,
@@ -207,6 +209,7 @@ class LoadMeter:
     """
 
     def __init__(self, paths: Paths, machine: Machine) -> None:
+        self._paths, self._machine = paths, machine
         self._fd: int | None = None
         self._limit = machine.cpu_limit
         self._cgroup = machine.limits if self._limit else None
@@ -239,10 +242,25 @@ class LoadMeter:
         self._prev = (busy, total)
         return min(1.0, max(0.0, d_busy / d_total)) if d_total > 0 else 0.0
 
+    def fork(self) -> LoadMeter:
+        """A meter of the same CPUs with its own baseline (now), for another measurement."""
+        return LoadMeter(self._paths, self._machine)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+_P = TypeVar("_P", bound=Probe)
+
+
+def fork_load(probe: _P) -> _P:
+    """A copy of a load-model probe sharing what discovery found, with a LoadMeter of its own
+    (the previous /proc/stat times are the only state a read changes)."""
+    reader = copy.copy(probe)
+    reader._load = probe._load.fork()  # type: ignore[attr-defined]
+    return reader
 
 
 _CASES = {"tdp": "its TDP known", "generation": "by its generation",
@@ -311,6 +329,10 @@ class CpuModelProbe(Probe):
 
     def close(self) -> None:
         self._load.close()
+
+    def reader(self) -> CpuModelProbe:
+        """The same estimate over a load meter of its own: the load is per reader."""
+        return fork_load(self)
 
     def notes(self) -> tuple[str, ...]:
         return describe(self.machine, self.idle, self.full, "cpu", self._load.source)

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from carbonmeter.probes.base import (
     HOST,
@@ -40,6 +41,22 @@ from carbonmeter.probes.base import (
 _READING = re.compile(r"^\s*Instantaneous power reading:\s*(\d+)\s+Watts", re.M)
 _STATE = re.compile(r"^\s*Power reading state is:\s*(\w+)", re.M)
 _DCMI_FAILED = re.compile(r"DCMI request failed because: (.+)")
+
+
+# The nodes the kernel's ipmi_devintf creates, as ipmitool's open interface tries them.
+DEVICE_NODES = ("ipmi0", "ipmi/0", "ipmidev/0")
+
+
+def local_interface(args: Sequence[str]) -> bool:
+    """True when ipmitool would talk to this host's BMC through the kernel driver (its open
+    interface, the default on Linux): no remote host (-H) and no other interface (-I)."""
+    argv = list(args)
+    if "-H" in argv:
+        return False
+    if "-I" in argv:
+        i = argv.index("-I")
+        return i + 1 < len(argv) and argv[i + 1] == "open"
+    return True
 
 
 class IpmiError(Exception):
@@ -88,11 +105,17 @@ class IpmiProbe(Probe):
     covers = frozenset()  # a whole-host meter replaces no component source
 
     def __init__(self, *, command: str = "ipmitool", args: Sequence[str] = (),
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, devfs: Path | None = None) -> None:
         exe = shutil.which(command)
         if exe is None:
             raise ProbeUnavailable(f"{command} not found: install ipmitool (apt-get install "
                                    "ipmitool) on a server with a BMC, or set ipmi.command")
+        if devfs is not None and local_interface(args) and not any(
+                (devfs / node).exists() for node in DEVICE_NODES):
+            raise ProbeUnavailable(
+                f"no local BMC interface ({devfs / DEVICE_NODES[0]} absent): load the drivers "
+                "(modprobe ipmi_si ipmi_devintf) on a server with a BMC, or set ipmi.args for "
+                "a remote one")
         self._argv = [exe, *args, "dcmi", "power", "reading"]
         self._timeout = timeout
         try:
@@ -143,7 +166,7 @@ class IpmiConfig:
 
 def _make(settings: IpmiConfig, ctx: ProbeContext) -> IpmiProbe:
     return IpmiProbe(command=settings.command, args=settings.args,
-                     timeout=settings.timeout_seconds)
+                     timeout=settings.timeout_seconds, devfs=ctx.paths.devfs)
 
 
 SPEC = ProbeSpec("ipmi", order=80, make=_make, section="ipmi", settings=IpmiConfig,

@@ -8,7 +8,9 @@ Per GPU the probe takes the best number NVML offers, decided once at discovery:
 - otherwise the power draw (`nvmlDeviceGetPowerUsage`, mW), which the exporter integrates.
 
 `pynvml` is imported lazily in the constructor, not when this module is imported, so that
-exporter start-up stays fast on hosts without GPUs.
+exporter start-up stays fast on hosts without GPUs; where neither the library nor a driver's
+device node exists (`nvml_absent`), it is not imported at all (the import alone costs tens of
+milliseconds, which every measurement in a short process would pay).
 
 Devices are labelled `gpu-<NVML index>`. NVML indices are physical (PCI bus order, as
 `nvidia-smi` numbers them); they are not CUDA ordinals, which under `CUDA_VISIBLE_DEVICES` are
@@ -19,10 +21,13 @@ Inside a container started with `--gpus device=2`, NVML itself sees only that GP
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from carbonmeter.probes.base import (
@@ -52,6 +57,31 @@ NOT_INSTALLED = (
     "pynvml not installed: pip install nvidia-ml-py (NVIDIA's binding, which provides the pynvml "
     "module)"
 )
+
+LIBRARY = "libnvidia-ml.so.1"
+# Where the dynamic loader looks besides LD_LIBRARY_PATH and its cache (Debian, Red Hat).
+_LIB_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/lib/x86_64-linux-gnu",
+             "/usr/lib/aarch64-linux-gnu", "/usr/lib/wsl/lib")
+# The driver's control node (Linux), and WSL's GPU node.
+_DEVICE_NODES = ("nvidiactl", "dxg")
+
+
+def nvml_absent(devfs: Path, *, ld_cache: Path = Path("/etc/ld.so.cache")) -> bool:
+    """True on a Linux host that cannot have NVML: no driver device node in `devfs` and no
+    libnvidia-ml.so.1 where the dynamic loader finds libraries. Either one present: NVML is
+    tried (it creates missing nodes itself through nvidia-modprobe)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if any((devfs / node).exists() for node in _DEVICE_NODES):
+        return False
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    if any(os.path.exists(os.path.join(d, LIBRARY)) for d in (*dirs, *_LIB_DIRS)):
+        return False
+    try:
+        return LIBRARY.encode() not in ld_cache.read_bytes()
+    except OSError:
+        return True
+
 
 # nvmlReturn_t values from the NVML C API (stable ABI); older pynvml releases lack some of the
 # NVML_ERROR_* names, so the numbers are written out here.
@@ -152,7 +182,13 @@ class NvmlProbe(Probe):
 
     name = "nvml"
 
-    def __init__(self, *, devices: Sequence[str] | None = None, nvml: Any = None) -> None:
+    def __init__(self, *, devices: Sequence[str] | None = None, nvml: Any = None,
+                 devfs: Path | None = None) -> None:
+        if nvml is None and "pynvml" not in sys.modules:  # loaded already: use it, as is
+            if importlib.util.find_spec("pynvml") is None:
+                raise ProbeUnavailable(NOT_INSTALLED)
+            if devfs is not None and nvml_absent(devfs):
+                raise ProbeUnavailable(NO_LIBRARY)
         if nvml is None:
             try:
                 nvml = importlib.import_module("pynvml")
@@ -402,7 +438,7 @@ class GpuConfig:
 
 
 def _make(settings: GpuConfig, ctx: ProbeContext) -> NvmlProbe:
-    return NvmlProbe(devices=settings.devices or None)
+    return NvmlProbe(devices=settings.devices or None, devfs=ctx.paths.devfs)
 
 
 SPEC = ProbeSpec("nvml", order=40, make=_make, section="gpu", settings=GpuConfig)

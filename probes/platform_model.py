@@ -20,7 +20,13 @@ from carbonmeter.probes.base import (
     ProbeSpec,
     Reading,
 )
-from carbonmeter.probes.cpu_model import CpuConfig, LoadMeter, describe, estimate_machine
+from carbonmeter.probes.cpu_model import (
+    CpuConfig,
+    LoadMeter,
+    describe,
+    estimate_machine,
+    fork_load,
+)
 from carbonmeter.probes.machine import detect
 from carbonmeter.probes.power_model import PowerModel, bundled_model
 
@@ -53,6 +59,10 @@ class PlatformModelProbe(Probe):
 
     def close(self) -> None:
         self._load.close()
+
+    def reader(self) -> PlatformModelProbe:
+        """The same estimate over a load meter of its own: the load is per reader."""
+        return fork_load(self)
 
     def notes(self) -> tuple[str, ...]:
         return describe(self.machine, self.idle, self.full, "platform", self._load.source)

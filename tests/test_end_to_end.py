@@ -177,11 +177,15 @@ def test_probes_command_says_what_runs_and_why_not(tmp_path):
 
 
 def _fake_ipmitool(tmp: Path, watts: int) -> dict[str, str]:
-    """A fake ipmitool on PATH (tests/fakes/fake_ipmitool.py) reporting `watts`."""
+    """A fake ipmitool on PATH (tests/fakes/fake_ipmitool.py) reporting `watts`, and the
+    device node of the BMC it talks to (/dev/ipmi0, in a fake devfs)."""
     fake_executable(tmp / "bin", "ipmitool", ROOT / "tests" / "fakes" / "fake_ipmitool.py")
     (tmp / "watts").write_text(str(watts))
+    (tmp / "dev").mkdir(exist_ok=True)
+    (tmp / "dev" / "ipmi0").touch()
     return {"PATH": f"{tmp / 'bin'}:{os.environ['PATH']}", "FAKE_IPMITOOL_WATTS":
-            str(tmp / "watts"), "FAKE_IPMITOOL_CASE": "ok"}
+            str(tmp / "watts"), "FAKE_IPMITOOL_CASE": "ok",
+            "CARBONMETER_PATHS_DEVFS": str(tmp / "dev")}
 
 
 def _samples(text: str) -> dict[str, float]:

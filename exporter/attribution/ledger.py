@@ -31,8 +31,8 @@ RESTORED = "restored"  # prefixes the keys of restored workloads that cannot com
 
 
 class _Entry:
-    __slots__ = ("ended_at", "ended_clock", "identity", "power", "power_at", "seen", "series",
-                 "total", "tracked")
+    __slots__ = ("ended_at", "ended_clock", "identity", "power", "power_at", "series", "total",
+                 "tracked")
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
@@ -41,7 +41,6 @@ class _Entry:
         self.power: dict[str, float] | None = None  # this interval's, when power_at is it
         self.power_at = 0
         self.tracked = False  # has its own series now
-        self.seen = 0  # last interval it was present
         self.ended_at = 0  # interval it was found gone (0: alive)
         self.ended_clock = 0.0
 
@@ -92,7 +91,6 @@ class Ledger:
                 e = entries[key] = _Entry(ident)
             elif e.identity is not ident and e.identity != ident:
                 e.identity = ident
-            e.seen = n
         for kind, by_key in energy.items():
             self.kinds.setdefault(kind)
             for key, joules in by_key.items():
@@ -100,8 +98,9 @@ class Ledger:
                 if e is not None:
                     e.total += joules
         now = self.clock()
-        for e in entries.values() if present is not None else ():
-            if e.seen < n and not e.ended_at:
+        for key in entries.keys() - present.keys() if present is not None else ():
+            e = entries[key]
+            if not e.ended_at:
                 e.ended_at, e.ended_clock = n, now
         self._drop(now)
         self._select()

@@ -20,9 +20,9 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from carbonmeter.attribution import cgroups
-from carbonmeter.attribution.kubernetes import Names
 from carbonmeter.attribution.model import Key, WorkloadUsage
 from carbonmeter.attribution.procfs import (
     CLK_TCK,
@@ -34,6 +34,9 @@ from carbonmeter.attribution.procfs import (
     cgroup_of,
 )
 from carbonmeter.attribution.view import Identity
+
+if TYPE_CHECKING:  # the kubelet client (urllib, ssl: about 20 ms) loads only at pod level
+    from carbonmeter.attribution.kubernetes import Names
 
 
 @dataclass(slots=True)

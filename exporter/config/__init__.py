@@ -8,7 +8,7 @@ OTEL_* variables), `checks` (each value, then the rules between keys), `loader`.
 
 from carbonmeter.config.checks import check_url, parse_listen
 from carbonmeter.config.errors import ConfigError
-from carbonmeter.config.loader import default_text, dump, load
+from carbonmeter.config.loader import cached, default_text, dump, load
 from carbonmeter.config.schema import (
     ENV_PREFIX,
     MAX_G_PER_KWH,
@@ -40,6 +40,6 @@ __all__ = [
     "CarbonConfig", "CloudConfig", "Config", "ConfigError", "EmbodiedConfig",
     "EmissionsLogConfig", "HardwareConfig", "LogConfig", "OtlpConfig", "PathsConfig",
     "ProbesConfig", "ProviderConfig", "PushgatewayConfig", "SamplerConfig", "ScheduleConfig",
-    "ServerConfig", "StateConfig", "check_url", "default_text", "dump", "load", "parse_listen",
-    "parse_yaml", "read_yaml", "sections",
+    "ServerConfig", "StateConfig", "cached", "check_url", "default_text", "dump", "load",
+    "parse_listen", "parse_yaml", "read_yaml", "sections",
 ]

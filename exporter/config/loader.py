@@ -17,14 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from carbonmeter.config import otel
 from carbonmeter.config.checks import check_value, check_whole, unknown_key
+from carbonmeter.config.defaults import DEFAULTS
 from carbonmeter.config.environ import apply_env
 from carbonmeter.config.errors import ConfigError
-from carbonmeter.config.schema import CORE, SECRET, Config, is_list, sections
-from carbonmeter.config.yamlfile import parse_yaml, read_mapping
+from carbonmeter.config.schema import CORE, ENV_PREFIX, SECRET, Config, is_list, sections
+from carbonmeter.config.yamlfile import read_mapping
 
 
 def default_text() -> str:
@@ -36,7 +35,7 @@ def default_text() -> str:
 def _defaults() -> dict[str, Any]:
     """default.yaml, and for a section it does not list (a probe added without one) the
     defaults its dataclass gives."""
-    data = parse_yaml(default_text(), "built-in defaults")
+    data = copy.deepcopy(DEFAULTS)
     for name, cls in sections().items():
         if name in data:
             continue
@@ -73,6 +72,35 @@ def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, st
     return _build(data, origin, given)
 
 
+_loaded: dict[str, Config] = {}
+_MAX_LOADED = 32
+
+
+def cached(path: str | os.PathLike[str] | None = None,
+           overrides: dict[str, Any] | None = None) -> Config:
+    """load(path, overrides=...) once per process while the file and the variables it reads
+    (CARBONMETER_*, OTEL_*) stay the same: a decorated function called in a loop checks its
+    configuration once. A changed file (modification time, size, inode) is read again."""
+    stat = None
+    if path is not None:
+        try:
+            s = os.stat(path)
+            stat = (s.st_mtime_ns, s.st_size, s.st_ino)
+        except OSError:
+            return load(path, overrides=overrides)  # load() says what is wrong with it
+    env = sorted((k, v) for k, v in os.environ.items()
+                 if k.startswith((ENV_PREFIX, "OTEL_")))
+    key = repr((None if path is None else os.fspath(path), stat, env,
+                sorted((overrides or {}).items())))
+    cfg = _loaded.get(key)
+    if cfg is None:
+        cfg = load(path, overrides=overrides)
+        if len(_loaded) >= _MAX_LOADED:
+            _loaded.clear()
+        _loaded[key] = cfg
+    return cfg
+
+
 def _merge(base: dict[str, Any], overlay: dict[str, Any], origin: str) -> None:
     known = sections()
     for name, values in overlay.items():
@@ -100,7 +128,7 @@ def _build(data: dict[str, Any], origin: str, given: dict[str, str]) -> Config:
         if is_list(cls):
             built[name] = check_value(f"{given.get(name, origin)}: {name}", data[name], cls, {})
             continue
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
             source = given.get(f"{name}.{f.name}", origin)
@@ -111,6 +139,12 @@ def _build(data: dict[str, Any], origin: str, given: dict[str, str]) -> Config:
     cfg = Config(**core, probe_sections=built, source=origin, given=given)
     check_whole(cfg)
     return cfg
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A section's resolved annotations: evaluating them is most of the cost of a load."""
+    return typing.get_type_hints(cls)
 
 
 def dump(cfg: Config) -> str:
@@ -125,4 +159,6 @@ def dump(cfg: Config) -> str:
             if f.metadata.get("secret") and value:
                 data[name][f.name] = ({k: SECRET for k in value} if isinstance(value, dict)
                                       else SECRET)
+    import yaml  # only `config check` writes YAML
+
     return yaml.safe_dump(data, sort_keys=False)

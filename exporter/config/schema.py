@@ -73,6 +73,7 @@ class PathsConfig:
 
     sysfs: str = field(**limits(check="path"))
     procfs: str = field(**limits(check="path"))
+    devfs: str = field(**limits(check="path"))
 
 
 @dataclass(frozen=True)

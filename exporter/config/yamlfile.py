@@ -9,12 +9,11 @@ that names the file and, where PyYAML knows it, the line and column.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from carbonmeter.config.errors import ConfigError
 
@@ -80,61 +79,69 @@ def read_mapping(path: Path) -> dict[str, Any]:
     return loaded
 
 
-class _Refused(yaml.YAMLError):
-    def __init__(self, problem: str, mark: Any = None) -> None:
-        super().__init__(problem)
-        self.problem, self.problem_mark = problem, mark
+@functools.cache
+def _yaml() -> Any:
+    """PyYAML and the limited loader, built on first use: the defaults are a Python module
+    (carbonmeter.config.defaults), so a measurement without a configuration file never
+    imports PyYAML (about 12 ms by python -X importtime)."""
+    import yaml
 
+    class Refused(yaml.YAMLError):
+        def __init__(self, problem: str, mark: Any = None) -> None:
+            super().__init__(problem)
+            self.problem, self.problem_mark = problem, mark
 
-class _LimitedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses deep nesting and many aliases while composing."""
+    class LimitedLoader(yaml.SafeLoader):
+        """SafeLoader that refuses deep nesting and many aliases while composing."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._aliases = 0
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
+            self._aliases = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                raise _Refused(f"more than {MAX_ALIASES} aliases (*name); a configuration "
-                               "needs hardly any", self.peek_event().start_mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Refused(f"nested deeper than {MAX_DEPTH} levels; a configuration "
-                               "needs 3", self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_ALIASES:
+                    raise Refused(f"more than {MAX_ALIASES} aliases (*name); a configuration "
+                                  "needs hardly any", self.peek_event().start_mark)
+            self._depth += 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise Refused(f"nested deeper than {MAX_DEPTH} levels; a configuration "
+                                  "needs 3", self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
 
+    def count_nodes(node: Any) -> None:
+        """Refuse a document whose values, aliases expanded, exceed MAX_NODES (an alias
+        bomb, or an alias to its own ancestor, which never ends)."""
+        stack, n = [node], 0
+        while stack:
+            item = stack.pop()
+            n += 1
+            if n > MAX_NODES:
+                raise Refused(f"more than {MAX_NODES} values once aliases are expanded (an "
+                              "alias bomb, or an alias inside its own anchor)")
+            if isinstance(item, yaml.SequenceNode):
+                stack.extend(item.value)
+            elif isinstance(item, yaml.MappingNode):
+                stack.extend(v for pair in item.value for v in pair)
 
-def _count_nodes(node: Any) -> None:
-    """Refuse a document whose values, aliases expanded, exceed MAX_NODES (an alias bomb,
-    or an alias to its own ancestor, which never ends)."""
-    stack, n = [node], 0
-    while stack:
-        item = stack.pop()
-        n += 1
-        if n > MAX_NODES:
-            raise _Refused(f"more than {MAX_NODES} values once aliases are expanded (an alias "
-                           "bomb, or an alias inside its own anchor)")
-        if isinstance(item, yaml.SequenceNode):
-            stack.extend(item.value)
-        elif isinstance(item, yaml.MappingNode):
-            stack.extend(v for pair in item.value for v in pair)
+    return yaml, LimitedLoader, count_nodes
 
 
 def parse_yaml(text: str, origin: str) -> Any:
     """YAML text to Python data, with the limits above; ConfigError for anything wrong."""
+    yaml, limited_loader, count_nodes = _yaml()
     loader = None
     try:
-        loader = _LimitedLoader(text)  # the reader refuses unprintable characters here
+        loader = limited_loader(text)  # the reader refuses unprintable characters here
         node = loader.get_single_node()
         if node is None:
             return None
-        _count_nodes(node)
+        count_nodes(node)
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -29,19 +29,36 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from carbonmeter.measure.codecarbon import (
-    EmissionsData,
-    EmissionsTracker,
-    LoggerOutput,
-    OfflineEmissionsTracker,
-    OutputMethod,
-    track_emissions,
-)
 from carbonmeter.usage import Usage, usage_between
 
+if TYPE_CHECKING:
+    from carbonmeter.measure.codecarbon import (
+        EmissionsData,
+        EmissionsTracker,
+        LoggerOutput,
+        OfflineEmissionsTracker,
+        OutputMethod,
+        track_emissions,
+    )
+
 log = logging.getLogger(__name__)
+
+# CodeCarbon's interface (carbonmeter.measure.codecarbon, 15 ms of imports) loads on first use,
+# so `from carbonmeter import track` does not pay for it.
+_CODECARBON = ("EmissionsData", "EmissionsTracker", "LoggerOutput", "OfflineEmissionsTracker",
+               "OutputMethod", "track_emissions")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CODECARBON:
+        from carbonmeter.measure import codecarbon
+
+        value = getattr(codecarbon, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["EmissionsData", "EmissionsTracker", "LoggerOutput", "OfflineEmissionsTracker",
            "OutputMethod", "Task", "Tracker", "Usage", "track", "track_emissions"]
@@ -81,7 +98,7 @@ class Tracker:
             overrides["emissions_log.format"] = output_format
         if project_name is not None:
             overrides["emissions_log.project_name"] = project_name
-        self.cfg = config_module.load(config, overrides=overrides)
+        self.cfg = config_module.cached(config, overrides=overrides)
         from carbonmeter.carbon.resolve import resolve
 
         resolve(self.cfg.carbon)  # an unknown region fails here, not at start()
@@ -112,7 +129,9 @@ class Tracker:
             raise RuntimeError("this tracker is already running")
         self._meter = Meter(self.cfg, interval=self.interval)
         self._start_snap = self._flushed_snap = self._meter.start()
-        self._flushed_load = read_load()
+        # the machine's CPU, RAM and GPU use are columns of the emissions log only: read them
+        # (psutil, NVML) for one
+        self._flushed_load = read_load() if self.cfg.emissions_log.path else None
         self._ctx = RowContext(self.cfg.emissions_log.project_name, new_run_id(),
                                self.experiment_id)
         self.result = None
@@ -150,7 +169,7 @@ class Tracker:
         from carbonmeter.measure.publish import finished
         from carbonmeter.sinks.emissions_log import open_log, read_load
 
-        load = read_load()
+        load = read_load() if self.cfg.emissions_log.path else None
         finished(whole, self._ctx, emissions_log=open_log(self.cfg.emissions_log),
                  cfg=self.cfg, rows_of=part, final=final, load=(self._flushed_load, load))
         self._flushed_load = load

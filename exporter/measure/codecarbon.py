@@ -448,7 +448,7 @@ class EmissionsTracker:
             o["pushgateway.url"] = url if "://" in url else f"http://{url}"
             o["pushgateway.job"] = re.sub(r"[^a-zA-Z0-9_-]", "_",
                                           f"{s['project_name']}_{s['experiment_name']}")
-        cfg = config_module.load(config, overrides=o)
+        cfg = config_module.cached(config, overrides=o)
         cfg = self._forced_power(cfg, s)
         cfg = _without_platform(cfg)
         resolve(cfg.carbon)  # an unknown region fails here, not at start()

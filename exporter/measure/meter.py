@@ -10,13 +10,20 @@ count over the same time. How often it reads depends on the sources, not on the 
   ends — except a counter that wraps (RAPL, 262 kJ: 15 minutes at 300 W), which must be
   read at least once per wrap or the wrap is lost: the thread then reads once a minute;
 - with only counters that never wrap (NVML energy) no thread is started at all.
+
+The probes are discovered once per process (`carbonmeter.discovery.shared`); each meter reads
+readers of its own (`Probe.reader()`), so a measurement's baseline is its own and only the
+first in a process pays for discovery.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from carbonmeter import discovery
+from carbonmeter.carbon.resolve import resolve
 from carbonmeter.config import Config
+from carbonmeter.sampler import Sampler
 from carbonmeter.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -30,16 +37,14 @@ class Meter:
     """Probes, sampler and, only where a source needs it, a thread that reads them."""
 
     def __init__(self, cfg: Config, *, interval: float | None = None) -> None:
-        from carbonmeter.carbon.resolve import resolve
-        from carbonmeter.discovery import discover
-        from carbonmeter.sampler import Sampler
-
         intensity = resolve(cfg.carbon)
-        probes, self.reports = discover(cfg)
+        self._shared: discovery.Shared | None = discovery.shared(cfg)
+        self.reports = self._shared.reports
         self.interval = interval  # power sources: seconds between reads (FINE_INTERVAL_S)
         # Probes are read in line: a measured block gets no thread it does not need.
-        self.sampler = Sampler(probes, intensity, pue=cfg.carbon.pue,
-                               interval=interval or FINE_INTERVAL_S, probe_timeout=None)
+        self.sampler = Sampler([p.reader() for p in self._shared.probes], intensity,
+                               pue=cfg.carbon.pue, interval=interval or FINE_INTERVAL_S,
+                               probe_timeout=None)
         self.threaded = False
 
     def start(self) -> Snapshot:
@@ -64,7 +69,11 @@ class Meter:
             attributor.start()
 
     def stop(self) -> Snapshot:
-        """The last reading, then the thread and the probes are closed."""
+        """The last reading, then the thread and the readers are closed; a probe that failed
+        during the span is discovered again by the next measurement."""
         last = self.sampler.sample()
         self.sampler.close()
+        if self._shared is not None:
+            discovery.release(self._shared, failed=any(p.errors_total for p in last.probes))
+            self._shared = None
         return last

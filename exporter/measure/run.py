@@ -137,7 +137,10 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
     before = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         meter = Meter(cfg, interval=interval)  # its thread starts with the signals blocked
-        first, load = meter.start(), read_load()
+        # the machine's CPU and memory use (and NVML's GPU utilisation: pynvml loaded) are
+        # columns of the emissions log: read only for one
+        logged = bool(cfg.emissions_log.path)
+        first, load = meter.start(), read_load() if logged else None
         pending = signal.sigpending() & set(FORWARDED)
         if pending:  # interrupted while the probes were starting: do not start the command
             meter.stop()
@@ -153,7 +156,7 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
         tree = _attribute_tree(meter, cfg, pid)
         code = exit_code(wait(pid))
         last = meter.stop()
-        usage, load = usage_between(first, last), (load, read_load())
+        usage, load = usage_between(first, last), (load, read_load() if logged else None)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     usage = _with_tree_share(usage, last, tree)

@@ -1,8 +1,10 @@
 """Checkpoints: the sampler's totals written to the state file on an interval, and at close.
 
-Written on a thread of its own, so a slow or hung disk never delays sampling; the last
-checkpoint is written at close, after the sampler's last sample, so a clean stop loses
-nothing (carbonmeter.state says how each write is made durable).
+Written on the sampler's thread right after a sample (carbonmeter.periodic: a thread of its
+own would be a second wake-up); a checkpoint takes milliseconds, and one that is slow only
+makes the next sample late, which loses no energy. The last checkpoint is written at close,
+after the sampler's last sample, so a clean stop loses nothing (carbonmeter.state says how
+each write is made durable).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class Checkpointer(Periodic):
     """Writes `export()` every `every` seconds, when a sample came since the last write."""
 
     cursor = None
+    inline = True
 
     def __init__(self, store: Store, boot: str, export: Callable[[], dict[str, Any]],
                  every: float) -> None:

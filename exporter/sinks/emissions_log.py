@@ -147,12 +147,19 @@ _nvml_state: dict[str, Any] = {}  # the pynvml module initialised here, or the o
 
 def _gpu_percent() -> float | None:
     """NVML's utilisation (the share of the last sample period a kernel ran), mean over the
-    GPUs. NVML is initialised once per process and kept."""
+    GPUs. NVML is initialised once per process and kept; on a host that cannot have it, not
+    even imported (carbonmeter.probes.nvml.nvml_absent)."""
     import sys
 
     module = sys.modules.get("pynvml")
     try:
         if module is None:
+            if _nvml_state.get("absent") is None:
+                from carbonmeter.probes.nvml import nvml_absent
+
+                _nvml_state["absent"] = nvml_absent(Path("/dev"))
+            if _nvml_state["absent"]:
+                return None
             import pynvml as module
         if _nvml_state.get("module") is not module:
             _nvml_state.update(module=module, ok=False)
@@ -525,7 +532,8 @@ def open_log(cfg_log: Any, *, path: str | None = None, fmt: str | None = None) \
 
 
 class EmissionsLogSink(Periodic):
-    """`serve`: one row per sampler snapshot, written by its own thread, never the loop's.
+    """`serve`: one row per sampler snapshot, written on the sampler's thread after the
+    sample (see carbonmeter.periodic: one append and fsync, milliseconds).
 
     Each row is the difference between the last snapshot written and the newest one, so a
     snapshot skipped (a slow disk) only makes the next row longer; nothing is lost. At close,
@@ -533,6 +541,7 @@ class EmissionsLogSink(Periodic):
     """
 
     cursor = None
+    inline = True
 
     def __init__(self, log_: EmissionsLog, latest: Callable[[], Any], interval: float,
                  ctx: RowContext) -> None:

@@ -4,8 +4,9 @@ Imported only when OTLP is enabled: opentelemetry, protobuf and grpc cost start-
 and memory that a Prometheus-only exporter must not pay.
 
 Observable instruments read the same immutable snapshot as /metrics, so OTLP and
-Prometheus agree to the last digit. The SDK's PeriodicExportingMetricReader collects
-and exports on its own thread: a collector that is down or slow delays nothing else.
+Prometheus agree to the last digit. Collections are paced by the sampler (a
+`carbonmeter.periodic.Periodic`: the SDK reader's own timer thread is off) and run on this
+sink's worker, so a collector that is down or slow delays nothing else.
 The SDK exporter retries within `timeout_seconds` and logs every attempt; those lines
 are held back, and one line says when the collector went away (with the SDK's reason)
 and one when it came back. With cumulative temporality (the default) nothing is lost
@@ -21,7 +22,9 @@ the components stay hw.energy beside it. hw.type takes only the conventions' enu
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import os
 import socket
 import threading
@@ -41,6 +44,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from carbonmeter.config import OtlpConfig
+from carbonmeter.periodic import Periodic
 from carbonmeter.probes.base import HOST, Device, relative_error
 from carbonmeter.sinks.outage import Outage
 from carbonmeter.snapshot import DeviceTotal, Snapshot
@@ -200,7 +204,8 @@ def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-def _sdk_exporter(cfg: OtlpConfig, session: typing.Any) -> MetricExporter:
+def _sdk_exporter(cfg: OtlpConfig, session: typing.Any = None,
+                  transport: typing.Any = None) -> MetricExporter:
     # Explicit, so the SDK's own reading of OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
     # cannot contradict the resolved configuration. Gauges have no temporality.
     temporality = {ObservableCounter: AggregationTemporality.DELTA
@@ -230,21 +235,42 @@ def _sdk_exporter(cfg: OtlpConfig, session: typing.Any) -> MetricExporter:
         OTLPMetricExporter as HttpExporter,
     )
 
+    if transport is not None:
+        return HttpExporter(endpoint=cfg.endpoint, headers=headers, timeout=cfg.timeout_seconds,
+                            preferred_temporality=temporality, _transport=transport)
     return HttpExporter(endpoint=cfg.endpoint, certificate_file=cfg.certificate,
                         client_certificate_file=cfg.client_certificate,
                         client_key_file=cfg.client_key, headers=headers, session=session,
                         timeout=cfg.timeout_seconds, preferred_temporality=temporality)
 
 
-class OtlpSink:
-    """Exports every `cfg.interval_seconds` from start() until close(), which exports once
-    more; `delivered` says whether that last export arrived. The SDK's reader exports on its
-    own thread."""
+def _http_client(cfg: OtlpConfig) -> tuple[typing.Any, typing.Any]:
+    """(session, transport), one of them None, which sends OTLP/HTTP and remembers its last
+    error: http.client where the SDK takes a transport and no proxy applies
+    (carbonmeter.sinks.otlp_http), else a requests session."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpExporter,
+    )
 
-    name = "otlp"
+    if "_transport" in inspect.signature(HttpExporter.__init__).parameters:
+        from carbonmeter.sinks import otlp_http
+
+        if otlp_http.direct(cfg.endpoint):
+            cert = cfg.client_certificate
+            return None, otlp_http.Transport(
+                verify=cfg.certificate or True,
+                cert=(cert, cfg.client_key) if cert and cfg.client_key else cert)
+    return _http_session(), None
+
+
+class OtlpSink(Periodic):
+    """Exports every `cfg.interval_seconds` from start() until close(), which exports once
+    more; `delivered` says whether that last export arrived."""
+
     cursor = "otlp"
 
     def __init__(self, cfg: OtlpConfig, latest: Callable[[], Snapshot]) -> None:
+        super().__init__("otlp", cfg.interval_seconds)
         self.cfg = cfg
         self.what = f"OTLP export to {cfg.endpoint} ({cfg.protocol})"
         self.held = _HeldLogs()
@@ -252,9 +278,10 @@ class OtlpSink:
         sdk_logs.addHandler(self.held)
         sdk_logs.propagate = False
         self.outage = Outage(log, self.what, cfg.interval_seconds)
-        session = _http_session() if cfg.protocol == "http/protobuf" else None
-        self.exporter = _OutageLogged(_sdk_exporter(cfg, session), self.outage, self.held,
-                                      session)
+        session, transport = (_http_client(cfg) if cfg.protocol == "http/protobuf"
+                              else (None, None))
+        self.exporter = _OutageLogged(_sdk_exporter(cfg, session, transport), self.outage,
+                                      self.held, session or transport)
         self._latest = latest
         self._pinned: Snapshot | None = None
         self._attrs: dict[tuple[Device, Device | None], dict[str, str]] = {}
@@ -274,14 +301,18 @@ class OtlpSink:
                 finally:
                     sink._pinned = None
 
-        self.reader = Reader(self.exporter,
-                             export_interval_millis=cfg.interval_seconds * 1000,
+        # an infinite interval: the reader starts no thread; tick() collects
+        self.reader = Reader(self.exporter, export_interval_millis=math.inf,
                              export_timeout_millis=cfg.timeout_seconds * 1000)
         self.provider = MeterProvider(metric_readers=[self.reader], resource=self.resource,
                                       shutdown_on_exit=False)
         self._instruments(self.provider)
+        super().start()
         log.info("%s every %gs, %s temporality", self.what, cfg.interval_seconds,
                  cfg.temporality)
+
+    def tick(self) -> None:
+        self.reader.collect(timeout_millis=self.cfg.timeout_seconds * 1000)
 
     def _snapshot(self) -> Snapshot:
         return self._pinned if self._pinned is not None else self._latest()
@@ -291,16 +322,18 @@ class OtlpSink:
         hw.parent where the device it sits in is exported too."""
         totals = self._snapshot().devices
         by_id = {t.device.id: t.device for t in totals}
-        out = []
-        for t in totals:
-            if t.device.scope == HOST:
-                continue
-            key = (t.device, by_id.get(t.device.parent) if t.device.parent else None)
-            attrs = self._attrs.get(key)
-            if attrs is None:
-                attrs = self._attrs[key] = device_attributes(*key)
-            out.append((t, attrs))
-        return out
+        return [(t, self._attributes(t.device, by_id)) for t in totals
+                if t.device.scope != HOST]
+
+    def _attributes(self, d: Device, by_id: dict[str, Device]) -> dict[str, str]:
+        """A device's attributes, made once; a whole-host meter's are the host's."""
+        if d.scope == HOST:
+            return self._host
+        key = (d, by_id.get(d.parent) if d.parent else None)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attrs[key] = device_attributes(*key)
+        return attrs
 
     def _instruments(self, provider: MeterProvider) -> None:
         meter = provider.get_meter("carbonmeter", version())
@@ -316,7 +349,9 @@ class OtlpSink:
             return [Observation(t.emissions_g, a) for t, a in self._components()]
 
         def estimate_error(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(e, self._device(t.device)) for t in self._snapshot().devices
+            totals = self._snapshot().devices
+            by_id = {t.device.id: t.device for t in totals}
+            return [Observation(e, self._attributes(t.device, by_id)) for t in totals
                     if (e := relative_error(t.device, t.power_w)) is not None]
 
         def host_energy(_: CallbackOptions) -> Iterable[Observation]:
@@ -394,9 +429,16 @@ class OtlpSink:
     def delivered(self) -> bool:
         return self.exporter.delivered
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Export the latest totals once more and stop."""
+        super().close(self.cfg.timeout_seconds + 1 if timeout is None else timeout)
+
+    def final(self) -> None:
         if self.provider is not None:
+            try:
+                self.tick()
+            except Exception as e:  # the exporter's own failures are outages, said above
+                log.warning("%s: the final collection failed: %s", self.what, e)
             self.provider.shutdown(timeout_millis=self.cfg.timeout_seconds * 1000 + 1000)
             if not self.exporter.delivered:
                 log.warning("%s: the final export did not arrive; the collector keeps the "

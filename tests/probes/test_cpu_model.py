@@ -158,3 +158,25 @@ def test_platform_is_per_socket_on_bare_metal_and_per_thread_in_a_guest(tmp_path
     assert guest.devices[0].power_range_w == pytest.approx(
         (2 * fig("intel-icelake", "platform_thread_idle_w"),
          2 * fig("intel-icelake", "platform_thread_full_w")))
+
+
+def test_readers_of_one_estimate_each_measure_the_load_since_their_own_start(
+        tmp_path: Path) -> None:
+    """Two overlapping measurements share one discovered probe: each reader's load is over
+    its own interval, and closing one leaves the others reading."""
+    paths = machine(tmp_path)
+    probe = CpuModelProbe(paths)
+    lo, hi = probe.idle.parts["cpu"], probe.full.parts["cpu"]
+    a = probe.reader()
+    set_stat(paths.procfs, busy=1000 + 1000, idle=9000)  # a: all busy
+    b = probe.reader()
+    set_stat(paths.procfs, busy=2000, idle=9000 + 1000)  # a: half busy overall; b: idle
+    assert a.read().readings[0].power_w == pytest.approx(lo + 0.5 * (hi - lo))
+    assert b.read().readings[0].power_w == pytest.approx(lo)
+    a.close()
+    set_stat(paths.procfs, busy=2000 + 1000, idle=10_000 + 1000)
+    assert b.read().readings[0].power_w == pytest.approx(lo + 0.5 * (hi - lo))
+    assert probe.read().readings[0].power_w == pytest.approx(lo + (2000 / 4000) * (hi - lo))
+    platform = PlatformModelProbe(paths).reader()
+    set_stat(paths.procfs, busy=3000 + 1000, idle=11_000)
+    assert platform.read().readings[0].power_w == pytest.approx(platform.full.parts["platform"])

@@ -92,3 +92,27 @@ def test_the_real_ipmitool_on_a_machine_without_a_bmc() -> None:
     with pytest.raises(ProbeUnavailable, match=r"^Could not open device at /dev/ipmi0.*no local "
                                                r"BMC interface"):
         IpmiProbe(command=shutil.which("ipmitool") or "ipmitool")
+
+
+def test_without_a_bmc_device_node_ipmitool_is_not_run(ipmitool, tmp_path: Path) -> None:
+    """The kernel's ipmi_devintf creates /dev/ipmi0 (or /dev/ipmi/0, /dev/ipmidev/0) where a
+    BMC answers; without one, ipmitool's open interface can only fail (and costs ~25 ms):
+    the probe says so without running it. A remote BMC (-H) needs no local node."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    calls = tmp_path / "calls"
+    with pytest.raises(ProbeUnavailable, match=r"no local BMC interface \(.*ipmi0 absent\)"):
+        IpmiProbe(devfs=dev)
+    with pytest.raises(ProbeUnavailable, match="no local BMC interface"):
+        IpmiProbe(devfs=dev, args=["-I", "open"])
+    assert not calls.exists()
+    IpmiProbe(devfs=dev, args=["-I", "lanplus", "-H", "bmc.example", "-U", "admin", "-E"])
+    assert calls.read_text().splitlines() == [
+        "-I lanplus -H bmc.example -U admin -E dcmi power reading"]
+    for node in ("ipmi0", "ipmi/0", "ipmidev/0"):
+        calls.unlink()
+        nodes = tmp_path / node.replace("/", "-") / "dev"
+        (nodes / node).parent.mkdir(parents=True, exist_ok=True)
+        (nodes / node).touch()
+        assert IpmiProbe(devfs=nodes).read().readings[0].power_w == 220.0
+        assert calls.read_text().splitlines() == ["dcmi power reading"] * 2

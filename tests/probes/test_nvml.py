@@ -514,3 +514,37 @@ def test_state_file_fake_in_a_child_process(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == NO_LIBRARY
+
+
+def test_a_host_without_nvidia_driver_or_library_does_not_load_nvml(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real: without /dev/nvidiactl and libnvidia-ml.so.1, nvmlInit can only fail with
+    LibraryNotFound, after an import of pynvml that costs tens of milliseconds. Either one
+    present, NVML is tried (it creates missing nodes itself, through nvidia-modprobe)."""
+    from carbonmeter.probes import nvml
+
+    dev, lib, cache = tmp_path / "dev", tmp_path / "lib", tmp_path / "ld.so.cache"
+    dev.mkdir()
+    lib.mkdir()
+    cache.write_bytes(b"glibc-ld.so.cache1.1\0libc.so.6\0/lib/x86_64-linux-gnu/libc.so.6\0")
+    monkeypatch.setattr(nvml, "_LIB_DIRS", ())
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(lib))
+    assert nvml.nvml_absent(dev, ld_cache=cache)
+    assert nvml.nvml_absent(dev, ld_cache=tmp_path / "no-cache")
+    (lib / "libnvidia-ml.so.1").touch()
+    assert not nvml.nvml_absent(dev, ld_cache=cache)
+    (lib / "libnvidia-ml.so.1").unlink()
+    cache.write_bytes(cache.read_bytes() + b"libnvidia-ml.so.1\0/usr/lib/libnvidia-ml.so.1\0")
+    assert not nvml.nvml_absent(dev, ld_cache=cache)
+    (dev / "nvidiactl").touch()
+    assert not nvml.nvml_absent(dev, ld_cache=tmp_path / "no-cache")
+
+    # through the probe: pynvml is not imported when NVML cannot be there
+    monkeypatch.setattr(nvml, "nvml_absent", lambda devfs: True)
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    with pytest.raises(ProbeUnavailable) as info:
+        NvmlProbe(devfs=dev)
+    assert str(info.value) == NO_LIBRARY and "pynvml" not in sys.modules
+    fake = FakeNvml([a100()])  # a binding the program loaded itself is used as it is
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert NvmlProbe(devfs=dev).devices[0].kind == "gpu"

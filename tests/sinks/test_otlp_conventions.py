@@ -45,8 +45,10 @@ def test_a_whole_host_meter_is_hw_host_only(tmp_path):
     fake_executable(bin_dir, "ipmitool", FAKES / "fake_ipmitool.py")
     watts = tmp_path / "watts"
     watts.write_text("350")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "ipmi0").touch()  # the BMC's device node, as ipmi_devintf makes it
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_IPMITOOL_CASE": "ok",
-           "FAKE_IPMITOOL_WATTS": str(watts),
+           "FAKE_IPMITOOL_WATTS": str(watts), "CARBONMETER_PATHS_DEVFS": str(tmp_path / "dev"),
            "OTEL_RESOURCE_ATTRIBUTES": "host.name=node-7.example.net"}
     with Receiver("http/protobuf") as receiver:
         proc, target = start_serve(tmp_path, f"""
@@ -173,3 +175,27 @@ def test_otel_metric_export_timeout_bounds_each_export(tmp_path):
         sink.close()
         took = time.monotonic() - t
     assert not sink.delivered and took < 2.5, took
+
+
+def test_the_error_of_an_estimated_device_goes_over_otlp(caplog):
+    """carbonmeter.estimate.relative_error carries the same value as Prometheus's
+    carbonmeter_estimate_relative_error_ratio, on the device's attributes; measured
+    devices have none."""
+    from carbonmeter.sinks.otlp import OtlpSink
+
+    cpu = Device("cpu", "cpu", "cpu_model", estimated=True, mean_power=True,
+                 error=(0.3, 0.1), power_range_w=(20.0, 100.0))
+    pkg = Device("package-0", "cpu", "rapl", wrap_uj=1e12)
+    snap = Snapshot(1, time.time(), (DeviceTotal(cpu, 600.0, 0.06, 60.0),
+                                     DeviceTotal(pkg, 500.0, 0.05, 50.0)),
+                    1100.0, 110.0, 0.11, Intensity(100.0, "X", "config", "t"), 1.0,
+                    (ProbeStatus("cpu_model", True, 0),), host_estimated_energy_j=600.0)
+    with Receiver("http/protobuf") as receiver:
+        sink = OtlpSink(otlp_config(receiver.endpoint, "http/protobuf"), lambda: snap)
+        sink.start()
+        sink.close()
+        assert sink.delivered
+    errors = [p for r in receiver.requests() for p in r.points()
+              if p.metric == "carbonmeter.estimate.relative_error"]
+    assert [(p.attributes["hw.id"], p.value) for p in errors] == [("cpu", pytest.approx(0.2))]
+    assert "Callback failed" not in caplog.text
