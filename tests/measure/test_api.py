@@ -21,21 +21,10 @@ from carbonmeter.carbon.intensity import Intensity
 from carbonmeter.carbon.regions import find_region
 from carbonmeter.measure.meter import FINE_INTERVAL_S, WRAP_GUARD_S
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml
-from tests.fixtures.powercap import FAST_FORWARD_UW, one_socket
 
 PKG = "intel-rapl:0"
 FR = find_region("FR").g_per_kwh
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def rapl(tmp_path):
-    """One package, read through RAPL; nothing estimated, no GPU: counters only."""
-    tree = one_socket(tmp_path / "sys", max_power_uw=FAST_FORWARD_UW)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"paths: {{sysfs: {tmp_path / 'sys'}}}\n"
-                   "probes: {disabled: [nvml, ram_model, platform_model]}\ncarbon: {region: FR}\n")
-    return tree, cfg
 
 
 def grams(joules: float, pue: float = 1.0) -> float:
