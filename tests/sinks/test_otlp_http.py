@@ -88,3 +88,24 @@ print(sorted(m for m in ("requests", "urllib3") if m in sys.modules))
                          check=True, cwd=Path(__file__).resolve().parents[2],
                          env={"NO_PROXY": "*", "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_proxy_for_the_endpoint_keeps_the_requests_session(monkeypatch):
+    """requests honours HTTPS_PROXY and NO_PROXY and http.client does not: where a proxy
+    applies to the collector, the export must still go through it."""
+    from carbonmeter.sinks.otlp import _http_client
+    from tests.sinks.test_otlp import otlp_config
+
+    cfg = otlp_config("https://collector.example:4318/v1/metrics", "http/protobuf")
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    session, transport = _http_client(cfg)
+    assert session is None and transport is not None  # direct: http.client
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    session, transport = _http_client(cfg)
+    assert transport is None and session is not None  # through the proxy: requests
+
+    monkeypatch.setenv("NO_PROXY", "collector.example")
+    session, transport = _http_client(cfg)
+    assert session is None and transport is not None
