@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Self
 
 from carbonmeter.probes.base import (
     Device,
@@ -252,17 +252,6 @@ class LoadMeter:
             self._fd = None
 
 
-_P = TypeVar("_P", bound=Probe)
-
-
-def fork_load(probe: _P) -> _P:
-    """A copy of a load-model probe sharing what discovery found, with a LoadMeter of its own
-    (the previous /proc/stat times are the only state a read changes)."""
-    reader = copy.copy(probe)
-    reader._load = probe._load.fork()  # type: ignore[attr-defined]
-    return reader
-
-
 _CASES = {"tdp": "its TDP known", "generation": "by its generation",
           "default": "no generation known", "guest": "by its generation",
           "guest_default": "no generation known"}
@@ -299,13 +288,12 @@ def describe(machine: Machine, idle: HostEstimate, full: HostEstimate, part: str
     return tuple(lines)
 
 
-class CpuModelProbe(Probe):
-    """One estimated device for the CPUs, its power following the utilisation of the CPUs the
-    machine is priced by (see `machine_pricing`)."""
+class LoadModelProbe(Probe):
+    """One estimated device whose power follows the load of the CPUs the machine is priced
+    by (see `machine_pricing`): linear from the model's `part` at idle to it at full load."""
 
-    name = "cpu_model"
     may_block = False  # /proc/stat and cgroup files are the kernel's memory: a read never waits
-    covers = frozenset({"cpu"})
+    part: str  # the power model's part this probe estimates: "cpu", "platform"
 
     def __init__(self, paths: Paths, *, tdp_watts: float | None = None,
                  instance_type: str = "", model: PowerModel | None = None) -> None:
@@ -313,32 +301,49 @@ class CpuModelProbe(Probe):
         m = model or bundled_model()
         self.idle = estimate_machine(self.machine, 0.0, tdp_watts=tdp_watts, model=m)
         self.full = estimate_machine(self.machine, 1.0, tdp_watts=tdp_watts, model=m)
-        self._lo, self._hi = self.idle.parts["cpu"], self.full.parts["cpu"]
+        self._lo, self._hi = self.idle.parts[self.part], self.full.parts[self.part]
         self._load = LoadMeter(paths, self.machine)
-        self.devices = (Device("cpu", "cpu", self.name, self.machine.cpu.name, estimated=True,
-                               mean_power=True, error=self.idle.error,
+        self.devices = (Device(self.part, self.part, self.name, self.device_name(),
+                               estimated=True, mean_power=True, error=self.idle.error,
                                power_range_w=(self._lo, self._hi)),)
+
+    def device_name(self) -> str:
+        raise NotImplementedError
 
     def read(self) -> ProbeRead:
         try:
             load = self._load.read()
         except (OSError, ValueError, IndexError) as e:
-            return ProbeRead([], [f"cpu: cannot read the load: {e}"])
+            return ProbeRead([], [f"{self.part}: cannot read the load: {e}"])
         return ProbeRead([Reading(self.devices[0],
                                   power_w=self._lo + (self._hi - self._lo) * load)], [])
 
     def close(self) -> None:
         self._load.close()
 
-    def reader(self) -> CpuModelProbe:
-        """The same estimate over a load meter of its own: the load is per reader."""
-        return fork_load(self)
+    def reader(self) -> Self:
+        """A copy sharing what discovery found, with a LoadMeter of its own: the previous
+        /proc/stat times are the only state a read changes, and they are per measurement."""
+        reader = copy.copy(self)
+        reader._load = self._load.fork()
+        return reader
 
     def notes(self) -> tuple[str, ...]:
-        return describe(self.machine, self.idle, self.full, "cpu", self._load.source)
+        return describe(self.machine, self.idle, self.full, self.part, self._load.source)
 
     def idle_watts(self) -> dict[str, float]:
         return {self.devices[0].id: self._lo}
+
+
+class CpuModelProbe(LoadModelProbe):
+    """The CPUs, estimated from their TDP or generation and their utilisation."""
+
+    name = "cpu_model"
+    part = "cpu"
+    covers = frozenset({"cpu"})
+
+    def device_name(self) -> str:
+        return self.machine.cpu.name
 
 
 @dataclass(frozen=True)

@@ -10,65 +10,22 @@ zone measures the platform, and `probes.disabled: [platform_model]` turns it off
 
 from __future__ import annotations
 
-from carbonmeter.probes.base import (
-    HOST,
-    Device,
-    Paths,
-    Probe,
-    ProbeContext,
-    ProbeRead,
-    ProbeSpec,
-    Reading,
-)
-from carbonmeter.probes.cpu_model import (
-    CpuConfig,
-    LoadMeter,
-    describe,
-    estimate_machine,
-    fork_load,
-)
-from carbonmeter.probes.machine import detect
-from carbonmeter.probes.power_model import PowerModel, bundled_model
+from carbonmeter.probes.base import HOST, Paths, ProbeContext, ProbeSpec
+from carbonmeter.probes.cpu_model import CpuConfig, LoadModelProbe
+from carbonmeter.probes.power_model import PowerModel
 
 
-class PlatformModelProbe(Probe):
+class PlatformModelProbe(LoadModelProbe):
     name = "platform_model"
-    may_block = False  # /proc/stat and cgroup files are the kernel's memory
+    part = "platform"
     covers = frozenset({"platform"})
 
     def __init__(self, paths: Paths, *, instance_type: str = "",
                  model: PowerModel | None = None) -> None:
-        self.machine = detect(paths, instance_type=instance_type)
-        m = model or bundled_model()
-        self.idle = estimate_machine(self.machine, 0.0, model=m)
-        self.full = estimate_machine(self.machine, 1.0, model=m)
-        self._lo, self._hi = self.idle.parts["platform"], self.full.parts["platform"]
-        self._load = LoadMeter(paths, self.machine)
-        self.devices = (Device(
-            "platform", "platform", self.name,
-            "rest of the server (power supply losses, fans, board, disks)", estimated=True,
-            mean_power=True, error=self.idle.error, power_range_w=(self._lo, self._hi)),)
+        super().__init__(paths, instance_type=instance_type, model=model)
 
-    def read(self) -> ProbeRead:
-        try:
-            load = self._load.read()
-        except (OSError, ValueError, IndexError) as e:
-            return ProbeRead([], [f"platform: cannot read the load: {e}"])
-        return ProbeRead([Reading(self.devices[0],
-                                  power_w=self._lo + (self._hi - self._lo) * load)], [])
-
-    def close(self) -> None:
-        self._load.close()
-
-    def reader(self) -> PlatformModelProbe:
-        """The same estimate over a load meter of its own: the load is per reader."""
-        return fork_load(self)
-
-    def notes(self) -> tuple[str, ...]:
-        return describe(self.machine, self.idle, self.full, "platform", self._load.source)
-
-    def idle_watts(self) -> dict[str, float]:
-        return {self.devices[0].id: self._lo}
+    def device_name(self) -> str:
+        return "rest of the server (power supply losses, fans, board, disks)"
 
 
 def _make(settings: CpuConfig, ctx: ProbeContext) -> PlatformModelProbe:

@@ -11,8 +11,6 @@ config/sources/derive.py regenerates the committed tables byte for byte.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import subprocess
@@ -27,6 +25,7 @@ from carbonmeter.probes.cpu_names import (
     normalise_cpu_model,
     parse_tdp_table,
 )
+from tests.fixtures.tables import comments_and_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -40,25 +39,16 @@ REGION_COLUMNS = [
 SHARES = REGION_COLUMNS[8:17]
 
 
-def _comments_and_rows(name: str) -> tuple[list[str], list[dict[str, str]]]:
-    """The leading `#` lines and the rows, read the way the runtime reads them."""
-    text = (CONFIG / name).read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    comments = [line for line in lines if line.startswith("#")]
-    body = "".join(line for line in lines if not line.startswith("#"))
-    return comments, list(csv.DictReader(io.StringIO(body)))
-
-
 @pytest.fixture(scope="module")
 def regions() -> dict[str, dict[str, str]]:
     """Every row without a provider (countries, states, provinces, zones), by code."""
-    _, rows = _comments_and_rows("regions.csv")
+    _, rows = comments_and_rows("regions.csv")
     return {r["code"]: r for r in rows if not r["provider"]}
 
 
 @pytest.fixture(scope="module")
 def cloud() -> dict[tuple[str, str], dict[str, str]]:
-    _, rows = _comments_and_rows("regions.csv")
+    _, rows = comments_and_rows("regions.csv")
     return {(r["provider"], r["code"]): r for r in rows if r["provider"]}
 
 
@@ -71,7 +61,7 @@ def tdp_table() -> dict[str, float]:
 
 
 def test_regions_header_cites_source_and_generator() -> None:
-    comments, _ = _comments_and_rows("regions.csv")
+    comments, _ = comments_and_rows("regions.csv")
     text = "".join(comments)
     assert "config/sources/derive.py" in text
     assert "Our World in Data" in text and "CC BY 4.0" in text
@@ -80,7 +70,7 @@ def test_regions_header_cites_source_and_generator() -> None:
 
 
 def test_regions_one_row_per_country_with_unique_codes() -> None:
-    _, rows = _comments_and_rows("regions.csv")
+    _, rows = comments_and_rows("regions.csv")
     rows = [r for r in rows if r["kind"] == "country"]
     assert len(rows) == 213  # every entry of global_energy_mix.json has an intensity
     codes = [r["code"] for r in rows]
@@ -145,7 +135,7 @@ def test_region_shares_sum_to_one(regions: dict[str, dict[str, str]]) -> None:
 
 
 def test_every_row_unique_with_kind_source_and_intensity() -> None:
-    _, rows = _comments_and_rows("regions.csv")
+    _, rows = comments_and_rows("regions.csv")
     keys = [(r["provider"], r["code"].casefold()) for r in rows]
     assert len(set(keys)) == len(keys)
     counts: dict[tuple[str, str], int] = {}
@@ -244,7 +234,7 @@ def test_cloud_figures_match_source(
 
 
 def test_cpu_table_shape() -> None:
-    comments, rows = _comments_and_rows("cpu_tdp.csv")
+    comments, rows = comments_and_rows("cpu_tdp.csv")
     assert "config/sources/derive.py" in "".join(comments)
     assert list(rows[0]) == ["model", "tdp_watts", "name"]
     assert len(rows) == 4626  # 4,903 names, 5 with a malformed or zero TDP, 272 merged

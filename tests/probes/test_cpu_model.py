@@ -8,8 +8,6 @@ time in µs. Expected watts come from the rows of config/power_model.csv and pow
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import pytest
@@ -19,18 +17,10 @@ from carbonmeter.probes.base import Paths, ProbeUnavailable, relative_error
 from carbonmeter.probes.cpu_model import CpuModelProbe
 from carbonmeter.probes.platform_model import PlatformModelProbe
 from carbonmeter.probes.ram_model import RamModelProbe
+from tests.fixtures.tables import rows
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
-
-
-def _rows(name: str) -> list[dict[str, str]]:
-    text = (CONFIG / name).read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(
-        "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#")))))
-
-
-ROWS = {r["generation"]: r for r in _rows("power_model.csv")}
-PARAMS = {r["name"]: r["value"] for r in _rows("power_params.csv")}
+ROWS = {r["generation"]: r for r in rows("power_model.csv")}
+PARAMS = {r["name"]: r["value"] for r in rows("power_params.csv")}
 
 
 def fig(generation: str, column: str) -> float:

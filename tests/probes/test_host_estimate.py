@@ -7,29 +7,18 @@ model's code; TDPs are those of config/cpu_tdp.csv (Intel ARK, AMD product pages
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from pathlib import Path
 
 import pytest
 
 from carbonmeter.probes.cpu_generations import generation_from_number, generation_from_signature
 from carbonmeter.probes.cpu_model import estimate_cpu_watts, estimate_host, estimate_host_watts
-
-CONFIG = Path(__file__).resolve().parents[2] / "config"
-
-
-def _table(name: str) -> list[dict[str, str]]:
-    text = (CONFIG / name).read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(
-        "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#")))))
-
+from tests.fixtures.tables import rows
 
 ROWS = {r["generation"]: {k: float(v) for k, v in r.items() if k.startswith(("tdp_", "thread_",
                                                                               "platform_"))}
-        for r in _table("power_model.csv")}
-PARAMS = {r["name"]: r["value"] for r in _table("power_params.csv")}
+        for r in rows("power_model.csv")}
+PARAMS = {r["name"]: r["value"] for r in rows("power_params.csv")}
 M = float(PARAMS["ram_w_per_gb"])
 P_IDLE = float(PARAMS["platform_idle_w_per_socket"])
 P_FULL = float(PARAMS["platform_full_w_per_socket"])

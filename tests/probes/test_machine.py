@@ -12,8 +12,6 @@ config/power_model.csv and config/power_params.csv, not by the model's code.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import pytest
@@ -21,18 +19,10 @@ import pytest
 from carbonmeter.probes.base import Paths
 from carbonmeter.probes.cpu_model import estimate_machine, machine_pricing
 from carbonmeter.probes.machine import detect, lookup_instance
+from tests.fixtures.tables import CONFIG, rows
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
-
-
-def _rows(name: str) -> list[dict[str, str]]:
-    text = (CONFIG / name).read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(
-        "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#")))))
-
-
-ROWS = {r["generation"]: r for r in _rows("power_model.csv")}
-PARAMS = {r["name"]: float(r["value"]) for r in _rows("power_params.csv") if r["name"] != "source"}
+ROWS = {r["generation"]: r for r in rows("power_model.csv")}
+PARAMS = {r["name"]: float(r["value"]) for r in rows("power_params.csv") if r["name"] != "source"}
 
 
 def fig(generation: str, column: str) -> float:
