@@ -123,15 +123,13 @@ class Tracker:
 
     def start(self) -> Tracker:
         from carbonmeter.measure.meter import Meter
-        from carbonmeter.sinks.emissions_log import RowContext, new_run_id, read_load
+        from carbonmeter.sinks.emissions_log import RowContext, logged_load, new_run_id
 
         if self._meter is not None:
             raise RuntimeError("this tracker is already running")
         self._meter = Meter(self.cfg, interval=self.interval)
         self._start_snap = self._flushed_snap = self._meter.start()
-        # the machine's CPU, RAM and GPU use are columns of the emissions log only: read them
-        # (psutil, NVML) for one
-        self._flushed_load = read_load() if self.cfg.emissions_log.path else None
+        self._flushed_load = logged_load(self.cfg.emissions_log)
         self._ctx = RowContext(self.cfg.emissions_log.project_name, new_run_id(),
                                self.experiment_id)
         self.result = None
@@ -167,9 +165,9 @@ class Tracker:
     def _publish(self, whole: Usage, part: Usage, *, final: bool) -> None:
         """The rows since the last write go to the log; the push at exit gets the whole."""
         from carbonmeter.measure.publish import finished
-        from carbonmeter.sinks.emissions_log import open_log, read_load
+        from carbonmeter.sinks.emissions_log import logged_load, open_log
 
-        load = read_load() if self.cfg.emissions_log.path else None
+        load = logged_load(self.cfg.emissions_log)
         finished(whole, self._ctx, emissions_log=open_log(self.cfg.emissions_log),
                  cfg=self.cfg, rows_of=part, final=final, load=(self._flushed_load, load))
         self._flushed_load = load

@@ -130,17 +130,14 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
     from carbonmeter.measure import summary
     from carbonmeter.measure.meter import Meter
     from carbonmeter.measure.publish import finished
-    from carbonmeter.sinks.emissions_log import RowContext, new_run_id, open_log, read_load
+    from carbonmeter.sinks.emissions_log import RowContext, logged_load, new_run_id, open_log
     from carbonmeter.usage import usage_between
 
     blocked = {*FORWARDED, signal.SIGCHLD}
     before = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         meter = Meter(cfg, interval=interval)  # its thread starts with the signals blocked
-        # the machine's CPU and memory use (and NVML's GPU utilisation: pynvml loaded) are
-        # columns of the emissions log: read only for one
-        logged = bool(cfg.emissions_log.path)
-        first, load = meter.start(), read_load() if logged else None
+        first, load = meter.start(), logged_load(cfg.emissions_log)
         pending = signal.sigpending() & set(FORWARDED)
         if pending:  # interrupted while the probes were starting: do not start the command
             meter.stop()
@@ -156,7 +153,7 @@ def run(cfg: Any, command: list[str], *, interval: float | None, output: str | N
         tree = _attribute_tree(meter, cfg, pid)
         code = exit_code(wait(pid))
         last = meter.stop()
-        usage, load = usage_between(first, last), (load, read_load() if logged else None)
+        usage, load = usage_between(first, last), (load, logged_load(cfg.emissions_log))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     usage = _with_tree_share(usage, last, tree)

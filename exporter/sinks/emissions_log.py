@@ -175,6 +175,13 @@ def _gpu_percent() -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
+def logged_load(cfg: Any) -> Load | None:
+    """The machine's load for a measurement whose rows go to a log: its CPU, RAM and GPU use
+    are the log's columns only, so without a log nothing is read (nor psutil and NVML
+    loaded)."""
+    return read_load() if cfg.path else None
+
+
 def read_load() -> Load | None:
     try:
         import psutil
